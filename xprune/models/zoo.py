@@ -1,0 +1,207 @@
+"""The detector zoo: build any family by name with `--weights default | none | PATH`, and save/load checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torchvision.models import detection as tvd
+
+from xprune.errors import XpruneError
+from xprune.files import atomic_path
+from xprune.models import torchvision_family as tvf
+from xprune.models.detector import Detector
+from xprune.models.yolo import YoloDetector, build_yolo, quiet_ultralytics_env, yolo_predictors
+
+CHECKPOINT_FORMAT = "xprune-checkpoint-1"
+COCO_TORCHVISION_IDS = list(range(1, 91))  # torchvision's COCO label L is COCO category id L
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    default_size: int
+    build: Callable[[int, int], Detector]  # (num_classes, input_size) -> randomly initialised detector
+    load_official: Callable[[int], Detector] | None  # (input_size) -> detector with official weights
+    about: str
+
+
+def _ssd_family(backbone: str) -> Callable[[int, int], Detector]:
+    def build(num_classes: int, size: int) -> Detector:
+        model = tvf.build_ssd(backbone, num_classes, size)
+        tvf.fixed_size_transform(model, size)
+        return tvf.SSDDetector(f"ssd-{backbone}", model, num_classes, size, predictor_layers=tvf.ssd_predictors(model))
+    return build
+
+
+def _ssdlite(num_classes: int, size: int, weights=None) -> Detector:
+    model = tvd.ssdlite320_mobilenet_v3_large(weights=weights, weights_backbone=None,
+                                              num_classes=None if weights else num_classes + 1)
+    tvf.fixed_size_transform(model, size)
+    return tvf.SSDDetector("ssdlite320-mbv3", model, num_classes, size, predictor_layers=tvf.ssd_predictors(model),
+                           category_ids=COCO_TORCHVISION_IDS if weights else None, nms_iou=0.55)
+
+
+def _retinanet(num_classes: int, size: int, weights=None) -> Detector:
+    model = tvd.retinanet_resnet50_fpn(weights=weights, weights_backbone=None,
+                                       num_classes=None if weights else num_classes + 1, min_size=size, max_size=size)
+    tvf.fixed_size_transform(model, size)
+    preds = ["head.classification_head.cls_logits", "head.regression_head.bbox_reg"]
+    return tvf.RetinaNetDetector("retinanet-r50-fpn", model, num_classes, size, predictor_layers=preds,
+                                 category_ids=COCO_TORCHVISION_IDS if weights else None)
+
+
+def _fasterrcnn(num_classes: int, size: int, weights=None) -> Detector:
+    model = tvd.fasterrcnn_resnet50_fpn(weights=weights, weights_backbone=None,
+                                        num_classes=None if weights else num_classes + 1, min_size=size, max_size=size)
+    tvf.fixed_size_transform(model, size)
+    preds = ["rpn.head.cls_logits", "rpn.head.bbox_pred"]  # the box predictor itself is Linear, not a conv
+    return tvf.FasterRCNNDetector("fasterrcnn-r50-fpn", model, num_classes, size, predictor_layers=preds,
+                                  category_ids=COCO_TORCHVISION_IDS if weights else None)
+
+
+def _torchvision_official(builder, weights_enum) -> Callable[[int], Detector]:
+    def load(size: int) -> Detector:
+        try:
+            return builder(len(COCO_TORCHVISION_IDS), size, weights=weights_enum)
+        except OSError as e:  # URLError and friends: no network, no cached file
+            raise XpruneError(f"cannot fetch official weights {weights_enum} (offline?): {e}") from None
+    return load
+
+
+def _yolo_family(scale: str) -> tuple[Callable[[int, int], Detector], Callable[[int], Detector]]:
+    def build(num_classes: int, size: int) -> Detector:
+        model = build_yolo(scale, num_classes)
+        return YoloDetector(f"yolov8{scale}", model, num_classes, size, predictor_layers=yolo_predictors(model))
+
+    def load(size: int) -> Detector:
+        quiet_ultralytics_env()
+        from ultralytics.data.converter import coco80_to_coco91_class
+        from ultralytics.utils.downloads import attempt_download_asset
+        try:
+            path = attempt_download_asset(f"yolov8{scale}.pt")
+        except Exception as e:  # Ultralytics raises ConnectionError offline
+            raise XpruneError(f"cannot fetch official weights yolov8{scale}.pt (offline?): {str(e).strip()}") from None
+        det = _load_ultralytics_pt(f"yolov8{scale}", Path(path), size)
+        det.category_ids = coco80_to_coco91_class()
+        return det
+    return build, load
+
+
+def _families() -> dict[str, Family]:
+    fams = {
+        "ssd-mobilenetv2": Family("ssd-mobilenetv2", 320, _ssd_family("mobilenetv2"), None,
+                                  "SSD head on torchvision MobileNetV2 (no official detector weights)"),
+        "ssd-resnet50": Family("ssd-resnet50", 320, _ssd_family("resnet50"), None,
+                               "SSD head on torchvision ResNet-50 (no official detector weights)"),
+        "ssd-shufflenetv2": Family("ssd-shufflenetv2", 320, _ssd_family("shufflenetv2"), None,
+                                   "SSD head on torchvision ShuffleNetV2 x1.0 (no official detector weights)"),
+        "ssdlite320-mbv3": Family("ssdlite320-mbv3", 320, _ssdlite,
+                                  _torchvision_official(_ssdlite, tvd.SSDLite320_MobileNet_V3_Large_Weights.DEFAULT),
+                                  "torchvision SSDlite320 MobileNetV3-Large"),
+        "retinanet-r50-fpn": Family("retinanet-r50-fpn", 640, _retinanet,
+                                    _torchvision_official(_retinanet, tvd.RetinaNet_ResNet50_FPN_Weights.DEFAULT),
+                                    "torchvision RetinaNet ResNet-50 FPN"),
+        "fasterrcnn-r50-fpn": Family("fasterrcnn-r50-fpn", 640, _fasterrcnn,
+                                     _torchvision_official(_fasterrcnn, tvd.FasterRCNN_ResNet50_FPN_Weights.DEFAULT),
+                                     "torchvision Faster R-CNN ResNet-50 FPN"),
+    }
+    for scale in "nsmlx":
+        build, load = _yolo_family(scale)
+        fams[f"yolov8{scale}"] = Family(f"yolov8{scale}", 640, build, load, f"Ultralytics YOLOv8{scale}")
+    return fams
+
+
+FAMILIES = _families()
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise XpruneError(f"unknown model '{name}'; choose one of: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def build_detector(name: str, weights: str = "none", num_classes: int | None = None,
+                   input_size: int | None = None) -> Detector:
+    """weights: 'none' (random init), 'default' (official pretrained, via the library's own loader) or a path."""
+    fam = family(name)
+    if input_size is not None and (input_size < 32 or input_size % 32):
+        raise XpruneError(f"input size must be a positive multiple of 32, got {input_size}")
+    if weights == "none":
+        torch.manual_seed(0)
+        return fam.build(num_classes or 80, input_size or fam.default_size)
+    if weights == "default":
+        if fam.load_official is None:
+            raise XpruneError(f"no official pretrained weights exist for {name}; use --weights PATH or --weights none")
+        return fam.load_official(input_size or fam.default_size)
+    return load_checkpoint(weights, name, input_size)
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------------
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torch_load(path: Path):
+    if not path.is_file():
+        raise XpruneError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle, zip and EOF errors all mean the same to the user
+        raise XpruneError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(e).__name__})") from None
+
+
+def _load_ultralytics_pt(name: str, path: Path, size: int) -> Detector:
+    ckpt = _torch_load(path)
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if model is None or not hasattr(model, "yaml"):
+        raise XpruneError(f"{path} is not an Ultralytics detection checkpoint")
+    model = model.float()
+    from ultralytics.cfg import get_cfg
+    model.args = get_cfg()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    det = YoloDetector(name, model, int(model.yaml["nc"]), size, predictor_layers=yolo_predictors(model))
+    det.model.model[-1].dfl.conv.weight.requires_grad_(False)
+    return det
+
+
+def load_checkpoint(path: str | os.PathLike, name: str, input_size: int | None = None) -> Detector:
+    path = Path(path)
+    fam = family(name)
+    ckpt = _torch_load(path)
+    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        if ckpt["family"] != name:
+            raise XpruneError(f"checkpoint {path} holds a {ckpt['family']} model, not {name}")
+        size = input_size or ckpt["input_size"]
+        det = fam.build(ckpt["num_classes"], size)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+        try:
+            det.model.load_state_dict(state)
+        except RuntimeError as e:
+            raise XpruneError(f"checkpoint {path} does not fit {name}: {str(e).splitlines()[0]}") from None
+        det.category_ids = ckpt.get("category_ids")
+        return det
+    if name.startswith("yolov8") and isinstance(ckpt, dict) and "model" in ckpt:
+        return _load_ultralytics_pt(name, path, input_size or fam.default_size)
+    raise XpruneError(f"{path} is not an xprune checkpoint for {name}")
+
+
+def save_checkpoint(det: Detector, path: str | os.PathLike, meta: dict | None = None, half: bool = False) -> None:
+    """Save weights and the settings needed to rebuild; `half` stores floats as fp16 (for small committed files)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in det.model.state_dict().items()}
+    ckpt = {"format": CHECKPOINT_FORMAT, "family": det.family, "num_classes": det.num_classes,
+            "input_size": det.input_size, "category_ids": det.category_ids, "state_dict": state,
+            "meta": meta or {}, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__}}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
