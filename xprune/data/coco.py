@@ -1,0 +1,108 @@
+"""COCO-format datasets (an image folder plus an instances JSON) read through pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+
+from xprune.data.transforms import collate_targets, hflip, letterbox
+from xprune.errors import XpruneError
+
+
+class CocoDetectionSet:
+    """Images letterboxed to `size`; targets in input pixels with 0-based labels (index into `category_ids`)."""
+
+    def __init__(self, images_dir: str | Path, annotations: str | Path, size: int, limit: int | None = None):
+        self.images_dir = Path(images_dir)
+        self.annotations = Path(annotations)
+        self.size = size
+        if not self.annotations.is_file():
+            raise XpruneError(f"annotations file not found: {self.annotations}")
+        if not self.images_dir.is_dir():
+            raise XpruneError(f"image folder not found: {self.images_dir}")
+        try:
+            data = json.loads(self.annotations.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise XpruneError(f"annotations file {self.annotations} is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+                data.get("categories"), list) or not isinstance(data.get("annotations", []), list):
+            raise XpruneError(f"{self.annotations} is not a COCO instances file (needs images, annotations, categories)")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+                self.coco = COCO()
+                self.coco.dataset = data
+                self.coco.createIndex()
+        except (KeyError, TypeError) as e:
+            raise XpruneError(f"{self.annotations} is malformed: missing {e}") from None
+        self.image_ids = sorted(self.coco.getImgIds())[:limit]
+        if not self.image_ids:
+            raise XpruneError(f"dataset {self.annotations} has no images")
+        self.category_ids = sorted(self.coco.getCatIds())
+        if not self.category_ids:
+            raise XpruneError(f"dataset {self.annotations} has no categories")
+        self._label = {c: i for i, c in enumerate(self.category_ids)}
+
+    @classmethod
+    def from_folder(cls, root: str | Path, split: str, size: int, limit: int | None = None) -> "CocoDetectionSet":
+        """Layouts: ROOT/annotations/instances_SPLIT.json with images in ROOT/images/SPLIT or ROOT/SPLIT."""
+        root = Path(root)
+        if not root.is_dir():
+            raise XpruneError(f"dataset folder not found: {root}")
+        ann = root / "annotations" / f"instances_{split}.json"
+        for images in (root / "images" / split, root / split):
+            if images.is_dir():
+                return cls(images, ann, size, limit)
+        raise XpruneError(f"no image folder for split '{split}' in {root} (expected images/{split}/ or {split}/)")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.coco.cats[c]["name"] for c in self.category_ids]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def sample(self, index: int, augment: bool = False, generator: torch.Generator | None = None) -> dict:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = self.images_dir / info["file_name"]
+        try:
+            with Image.open(path) as im:
+                x, scale = letterbox(im, self.size)
+                width = im.size[0]
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+            raise XpruneError(f"cannot read image {path}: {e}") from None
+        anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32).reshape(-1, 4) * scale
+        labels = torch.tensor([self._label[a["category_id"]] for a in anns], dtype=torch.int64)
+        if augment and torch.rand(1, generator=generator).item() < 0.5:
+            x, boxes = hflip(x, boxes, width * scale)
+        return {"image": x, "boxes": boxes, "labels": labels, "image_id": image_id, "scale": scale}
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, list[dict], list[dict]]]:
+        """Yield (images, targets, samples) in order; `limit` caps the number of images."""
+        n = len(self) if limit is None else min(limit, len(self))
+        for start in range(0, n, batch_size):
+            samples = [self.sample(i) for i in range(start, min(start + batch_size, n))]
+            x, targets = collate_targets(samples)
+            yield x, targets, samples
+
+
+def calibration_set(root: str | Path, size: int, images: int) -> CocoDetectionSet:
+    """Calibration images: the 'calib' split when the dataset has one, else the start of 'train', else 'val'."""
+    root = Path(root)
+    for split in ("calib", "train", "val"):
+        if (root / "annotations" / f"instances_{split}.json").is_file():
+            return CocoDetectionSet.from_folder(root, split, size, limit=images)
+    raise XpruneError(f"no annotations/instances_{{calib,train,val}}.json in {root}")
