@@ -1,0 +1,128 @@
+"""`xprune demo`: the whole study on the embedded default, on CPU.
+
+Synthesize (or reuse) the dataset, then for each reference model: evaluate the baseline, score with attr and l1,
+zero the bottom `rate` of safe candidates, evaluate again, and write DIR/results.json (one row per model x method)
+with the scores and plans beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xprune.bench.environment import environment
+from xprune.bench.latency import LatencyProtocol, measure, summarize
+from xprune.data.coco import CocoDetectionSet, calibration_set
+from xprune.data.synth import SynthConfig, generate
+from xprune.errors import XpruneError
+from xprune.evaluate.complexity import complexity
+from xprune.evaluate.coco_map import evaluate_map
+from xprune.files import write_json
+from xprune.importance.scores import score_layers, write_scores
+from xprune.models import Detector, file_sha256, load_checkpoint
+from xprune.prune.plan import apply_plan, plan_pruning
+from xprune.reference import reference_models
+
+METHODS = ("l1", "attr")
+
+
+@dataclass
+class DemoSettings:
+    out: Path
+    data: Path | None = None
+    models: list[str] | None = None
+    rate: float = 0.05
+    calib_images: int = 64
+    val_images: int | None = None
+    batch_size: int = 8
+    latency: LatencyProtocol = LatencyProtocol()
+
+
+def torch_latency(detector: Detector, protocol: LatencyProtocol) -> dict:
+    """PyTorch eager, batch 1, raw head outputs (decode included, NMS excluded: the same work an engine does)."""
+    detector.model.eval()
+    x = torch.rand(1, 3, detector.input_size, detector.input_size)
+    with torch.no_grad():
+        samples = measure(lambda: detector.raw(x), protocol)
+    return {"samples_ms": [round(s, 4) for s in samples], **summarize(samples)}
+
+
+def measure_row(detector: Detector, val: CocoDetectionSet, settings: DemoSettings, method: str, rate: float,
+                weights_hash: str, extra: dict | None = None, progress: bool = True) -> dict:
+    metrics = evaluate_map(detector, val, batch_size=settings.batch_size, limit=settings.val_images, progress=progress)
+    cx = complexity(detector)
+    latency = torch_latency(detector, settings.latency)
+    return {"model": detector.family, "method": method, "rate": rate, "backend": "torch", "precision": "fp32",
+            "device": "cpu", "input_size": detector.input_size, "batch": 1, "weights_sha256": weights_hash,
+            "map": metrics["map"], "map50": metrics["map50"], "val_images": metrics["images"],
+            "params": cx["params"], "macs": cx["macs"], "latency_ms_median": latency["median_ms"],
+            "fps": latency["fps"], "latency": latency, **(extra or {})}
+
+
+def bottom_overlap(plans: dict[str, dict]) -> dict:
+    """Overlap of the layers each criterion zeroed (|A & B| / |A|)."""
+    sets = {m: {e["layer"] for e in p["selected"]} for m, p in plans.items()}
+    a, b = sets["attr"], sets["l1"]
+    return {"attr": sorted(a), "l1": sorted(b), "common": sorted(a & b), "overlap": len(a & b) / max(len(a), 1)}
+
+
+def run_demo(settings: DemoSettings, log=print) -> list[dict]:
+    refs = reference_models()
+    if not refs:
+        raise XpruneError("no reference checkpoints found in the package; run benchmarks/train_reference.py")
+    names = settings.models or sorted(refs)
+    unknown = [n for n in names if n not in refs]
+    if unknown:
+        raise XpruneError(f"no reference checkpoint for {unknown[0]}; available: {', '.join(sorted(refs))}")
+    data = settings.data or settings.out / "data"
+    log(f"dataset: {data}")
+    generate(data, SynthConfig())
+    env = environment()
+    rows, overlaps = [], {}
+    for name in names:
+        ref = refs[name]
+        size = ref["input_size"]
+        val = CocoDetectionSet.from_folder(data, "val", size)
+        calib = calibration_set(data, size, settings.calib_images)
+        weights_hash = file_sha256(ref["path"])
+        base = load_checkpoint(ref["path"], name, size)
+        log(f"{name}: baseline")
+        rows.append(measure_row(base, val, settings, "baseline", 0.0, weights_hash))
+        plans = {}
+        for method in METHODS:
+            log(f"{name}: scoring with {method}")
+            scores = score_layers(base, method, calib, batch_size=settings.batch_size, progress=True,
+                                  weights=ref["path"])
+            write_scores(settings.out / f"scores-{name}-{method}.json", scores)
+            plan = plan_pruning(base, scores, settings.rate, "safe")
+            write_json(settings.out / f"plan-{name}-{method}.json", plan)
+            plans[method] = plan
+            pruned = copy.deepcopy(base)
+            apply_plan(pruned, plan)
+            log(f"{name}: {method} zeroed {', '.join(e['layer'] for e in plan['selected'])}")
+            rows.append(measure_row(pruned, val, settings, method, settings.rate, weights_hash,
+                                    {"zeroed_layers": [e["layer"] for e in plan["selected"]],
+                                     "zeroed_params": plan["zeroed_params"]}))
+        overlaps[name] = bottom_overlap(plans)
+    for row in rows:
+        row["environment"] = env
+        row["command"] = " ".join(["xprune", *sys.argv[1:]]) if sys.argv else "xprune demo"
+    write_json(settings.out / "results.json", rows)
+    write_json(settings.out / "overlap.json", overlaps)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':<18}{'method':<10}{'rate':>6}{'mAP':>8}{'mAP50':>8}{'dmAP%':>8}{'params':>11}{'MACs(G)':>9}{'ms':>9}"
+    lines = [head, "-" * len(head)]
+    base = {r["model"]: r for r in rows if r["method"] == "baseline"}
+    for r in rows:
+        b = base.get(r["model"])
+        d = 100.0 * (r["map"] - b["map"]) / b["map"] if b and b["map"] else 0.0
+        lines.append(f"{r['model']:<18}{r['method']:<10}{r['rate']:>6.2f}{r['map']:>8.4f}{r['map50']:>8.4f}{d:>8.2f}"
+                     f"{r['params']:>11,}{r['macs'] / 1e9:>9.3f}{r['latency_ms_median']:>9.2f}")
+    return "\n".join(lines)
