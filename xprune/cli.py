@@ -42,6 +42,8 @@ def _classes_from_data(data: str | None, split: str = "val") -> int | None:
     if not data:
         return None
     from xprune.data.coco import CocoDetectionSet
+    if not Path(data).is_dir():
+        raise XpruneError(f"dataset folder not found: {data}")
     for s in ("calib", "train", split):
         ann = Path(data) / "annotations" / f"instances_{s}.json"
         if ann.is_file():

@@ -134,12 +134,14 @@ def build_detector(name: str, weights: str = "none", num_classes: int | None = N
         raise XpruneError(f"input size must be a positive multiple of 32, got {input_size}")
     if weights == "none":
         torch.manual_seed(0)
-        return fam.build(num_classes or 80, input_size or fam.default_size)
-    if weights == "default":
+        det = fam.build(num_classes or 80, input_size or fam.default_size)
+    elif weights == "default":
         if fam.load_official is None:
             raise XpruneError(f"no official pretrained weights exist for {name}; use --weights PATH or --weights none")
-        return fam.load_official(input_size or fam.default_size)
-    return load_checkpoint(weights, name, input_size)
+        det = fam.load_official(input_size or fam.default_size)
+    else:
+        det = load_checkpoint(weights, name, input_size)
+    return det.eval()
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
@@ -191,9 +193,9 @@ def load_checkpoint(path: str | os.PathLike, name: str, input_size: int | None =
         except RuntimeError as e:
             raise XpruneError(f"checkpoint {path} does not fit {name}: {str(e).splitlines()[0]}") from None
         det.category_ids = ckpt.get("category_ids")
-        return det
+        return det.eval()
     if name.startswith("yolov8") and isinstance(ckpt, dict) and "model" in ckpt:
-        return _load_ultralytics_pt(name, path, input_size or fam.default_size)
+        return _load_ultralytics_pt(name, path, input_size or fam.default_size).eval()
     raise XpruneError(f"{path} is not an xprune checkpoint for {name}")
 
 
