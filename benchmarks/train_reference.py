@@ -50,9 +50,9 @@ def train_yolo(data: Path, epochs: int, size: int, log: Path) -> Path:
     return run / "weights" / "best.pt"
 
 
-def train_torchvision(name: str, data: Path, epochs: int, size: int, log: Path) -> Path:
+def train_torchvision(name: str, data: Path, epochs: int, size: int, log: Path, images: int | None) -> Path:
     torch.manual_seed(0)
-    train = CocoDetectionSet.from_folder(data, "train", size)
+    train = CocoDetectionSet.from_folder(data, "train", size, limit=images)
     det = build_detector(name, "none", num_classes=train.num_classes, input_size=size)
     params = [p for p in det.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
@@ -90,8 +90,12 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "data" / "synth"))
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--train-images", type=int, default=None, help="use the first N training images")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = generate(args.data, SynthConfig())
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     log = RESULTS_DIR / f"train-{args.model}.log"
@@ -101,15 +105,14 @@ def main() -> None:
         trained = train_yolo(data, epochs, args.size, log)
     else:
         epochs = args.epochs or 60
-        trained = train_torchvision(args.model, data, epochs, args.size, log)
+        trained = train_torchvision(args.model, data, epochs, args.size, log, args.train_images)
     train_seconds = time.time() - t0
 
     det = load_checkpoint(trained, args.model, args.size)
     val = CocoDetectionSet.from_folder(data, "val", args.size)
     det.category_ids = val.category_ids
-    metrics = evaluate_map(det, val)
     ckpt = REFERENCE_DIR / f"{args.model}-synth.pt"
-    meta = {"dataset": "xprune synthetic shapes", "synth_config": SynthConfig().__dict__, "epochs": epochs,
+    meta = {"dataset": "xprune synthetic shapes", "synth_config": SynthConfig().__dict__, "epochs": epochs, "train_images": args.train_images,
             "input_size": args.size, "train_seconds": round(train_seconds, 1), "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
     save_checkpoint(det, ckpt, meta=meta, half=True)

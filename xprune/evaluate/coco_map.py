@@ -16,11 +16,14 @@ from xprune.models.detector import Detector
 
 
 def to_coco_results(detections: list[dict], samples: list[dict], category_ids: list[int]) -> list[dict]:
-    """Detections in input pixels -> COCO result dicts in original image pixels."""
+    """Detections in input pixels -> COCO result dicts in original image pixels. Labels beyond the dataset's
+    categories (a model trained on more classes) are dropped."""
     out = []
     for det, s in zip(detections, samples):
         boxes = det["boxes"].detach().cpu().double() / s["scale"]
         for (x0, y0, x1, y1), score, label in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            if int(label) >= len(category_ids):
+                continue
             out.append({"image_id": int(s["image_id"]), "category_id": int(category_ids[int(label)]),
                         "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
     return out
@@ -41,13 +44,11 @@ def coco_map(dataset: CocoDetectionSet, results: list[dict], image_ids: list[int
     return {"map": stats[0], "map50": stats[1], "map75": stats[2], "images": len(image_ids), "detections": len(results)}
 
 
-def evaluate_map(detector: Detector, dataset: CocoDetectionSet, batch_size: int = 8, limit: int | None = None,
-                 predict: Callable[[torch.Tensor], list[dict]] | None = None, progress: bool = False) -> dict:
-    """mAP@[.50:.95] and mAP@.50 of `predict` (default: the detector in PyTorch) on `dataset`."""
-    predict = predict or detector.predict
-    category_ids = detector.category_ids or dataset.category_ids
-    if max(len(category_ids), 1) < detector.num_classes:
-        category_ids = list(category_ids) + [-1] * (detector.num_classes - len(category_ids))
+def evaluate_predictions(predict: Callable[[torch.Tensor], list[dict]], dataset: CocoDetectionSet,
+                         category_ids: list[int] | None = None, batch_size: int = 8, limit: int | None = None,
+                         progress: bool = False) -> dict:
+    """mAP@[.50:.95] and mAP@.50 of any `predict(images) -> detections` (0-based labels) on `dataset`."""
+    category_ids = category_ids or dataset.category_ids
     results, ids = [], []
     n = len(dataset) if limit is None else min(limit, len(dataset))
     with torch.no_grad():
@@ -55,5 +56,10 @@ def evaluate_map(detector: Detector, dataset: CocoDetectionSet, batch_size: int 
                                   desc="evaluate", unit="batch", disable=not progress, leave=False):
             results += to_coco_results(predict(x), samples, category_ids)
             ids += [s["image_id"] for s in samples]
-    results = [r for r in results if r["category_id"] >= 0]
     return coco_map(dataset, results, ids)
+
+
+def evaluate_map(detector: Detector, dataset: CocoDetectionSet, batch_size: int = 8, limit: int | None = None,
+                 progress: bool = False) -> dict:
+    """mAP of the detector in PyTorch."""
+    return evaluate_predictions(detector.predict, dataset, detector.category_ids, batch_size, limit, progress)

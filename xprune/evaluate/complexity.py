@@ -11,19 +11,7 @@ from ptflops.pytorch_ops import conv_flops_counter_hook
 from torch import nn
 
 from xprune.errors import XpruneError
-from xprune.models.detector import Detector
-
-
-class _RawForward(nn.Module):
-    """ptflops needs a module whose forward takes the image tensor; count the raw head path every backend runs."""
-
-    def __init__(self, detector: Detector):
-        super().__init__()
-        self.model = detector.model
-        self._raw = detector.raw
-
-    def forward(self, x):
-        return self._raw(x)
+from xprune.models.detector import Detector, RawHeads
 
 
 def complexity(detector: Detector) -> dict:
@@ -42,7 +30,7 @@ def complexity(detector: Detector) -> dict:
     log = io.StringIO()
     with torch.no_grad(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         macs, params = get_model_complexity_info(
-            _RawForward(detector), (3, size, size), as_strings=False, print_per_layer_stat=False,
+            RawHeads(detector), (3, size, size), as_strings=False, print_per_layer_stat=False,
             backend="pytorch", custom_modules_hooks={nn.Conv2d: conv_hook})
     if macs is None:
         raise XpruneError(f"ptflops could not count {detector.family}: {log.getvalue().strip().splitlines()[-1:]}")

@@ -76,6 +76,18 @@ def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
     return frozen
 
 
+class RawHeads(nn.Module):
+    """The raw head path as a plain module whose forward takes the image tensor, for tracers and MAC counters."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.model = detector.model
+        self._raw = detector.raw
+
+    def forward(self, x):
+        return self._raw(x)
+
+
 def postprocess(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float = SCORE_THRESHOLD,
                 max_detections: int = MAX_DETECTIONS, iou: float = NMS_IOU,
                 pre_nms_topk: int = PRE_NMS_TOPK) -> list[dict]:

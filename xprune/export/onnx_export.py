@@ -1,0 +1,92 @@
+"""Export a detector's raw head outputs to ONNX (static shape), fold zeroed layers out, simplify with onnxslim.
+
+The graph computes (boxes [B, N, 4|C x 4], scores [B, N, C]) exactly as `Detector.raw`; NMS stays outside, in the
+shared post-process. Model facts a runtime needs (family, input size, category ids) travel as ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from xprune.errors import XpruneError
+from xprune.files import atomic_path
+from xprune.models.detector import Detector, RawHeads
+
+OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAMES = ["boxes", "scores"]
+
+
+def export_raw(detector: Detector, batch: int = 1, opset: int = OPSET) -> onnx.ModelProto:
+    """Trace the raw head path to an ONNX model held in memory (files over 2 GB are not expected here)."""
+    detector.model.eval()
+    x = torch.rand(batch, 3, detector.input_size, detector.input_size)
+    with tempfile.TemporaryDirectory(prefix="xprune-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(RawHeads(detector).eval(), (x,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=OUTPUT_NAMES, do_constant_folding=True)
+        model = onnx.load(str(path))
+    set_metadata(model, {"xprune.family": detector.family, "xprune.input_size": detector.input_size,
+                         "xprune.num_classes": detector.num_classes, "xprune.category_ids": detector.category_ids})
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, values: dict) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        text = json.dumps(value)
+        if key in existing:
+            existing[key].value = text
+        else:
+            model.metadata_props.add(key=key, value=text)
+
+
+def get_metadata(model: onnx.ModelProto) -> dict:
+    out = {}
+    for p in model.metadata_props:
+        if p.key.startswith("xprune."):
+            try:
+                out[p.key[len("xprune."):]] = json.loads(p.value)
+            except json.JSONDecodeError:
+                out[p.key[len("xprune."):]] = p.value
+    return out
+
+
+def slim(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim: constant folding, Conv+BN fusion, dead-node removal. It does not remove all-zero convs."""
+    import onnxslim
+
+    meta = list(model.metadata_props)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = onnxslim.slim(model)
+    if out is None:
+        raise XpruneError("onnxslim failed to simplify the model")
+    del out.metadata_props[:]
+    out.metadata_props.extend(meta)
+    return out
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise XpruneError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError and friends
+        raise XpruneError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
