@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +25,16 @@ def _positive_int(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return v
+
+
+def _batch_profile(text: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX batch sizes, got '{text}'") from None
+    if not 1 <= lo <= opt <= hi:
+        raise argparse.ArgumentTypeError(f"need 1 <= MIN <= OPT <= MAX, got '{text}'")
+    return lo, opt, hi
 
 
 def _model_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
@@ -137,6 +148,116 @@ def cmd_demo(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}")
 
 
+def cmd_export(args) -> None:
+    from xprune.export.onnx_export import export_onnx
+    if args.engine == "trt":
+        from xprune.export.tensorrt import require_tensorrt
+        require_tensorrt()  # fail before the minutes of export work, not after
+    elif any([args.fp16, args.int8, args.timing_cache, args.dynamic_batch]):
+        raise XpruneError("--fp16, --int8, --timing-cache and --dynamic-batch apply to --engine trt only")
+    det = _load(args, _classes_from_data(args.data) if args.weights == "none" else None)
+    out = Path(args.out)
+    onnx_path = out if args.engine == "onnx" else out.with_suffix(".onnx")
+    report = export_onnx(det, onnx_path, fold=not args.no_fold, log=lambda m: print(m, file=sys.stderr))
+    _print_fold_report(report)
+    from xprune.files import write_json
+    write_json(onnx_path.with_suffix(onnx_path.suffix + ".json"), report)
+    print(f"ONNX: {onnx_path}")
+    if args.engine == "trt":
+        from xprune.export.tensorrt import build_engine
+        calib = None
+        if args.int8:
+            if not args.data:
+                raise XpruneError("--int8 needs calibration images: pass --data DIR")
+            from xprune.data.coco import calibration_set
+            calib = (x.numpy() for x, _, _ in calibration_set(args.data, det.input_size, args.calib_images).batches(1))
+        sidecar = build_engine(onnx_path, out, fp16=args.fp16, int8=args.int8, calibration_batches=calib,
+                               workspace_gb=args.workspace_gb, timing_cache=args.timing_cache,
+                               dynamic_batch=args.dynamic_batch)
+        print(f"TensorRT engine ({sidecar['precision']}): {out}")
+
+
+def _print_fold_report(report: dict) -> None:
+    print(f"nodes {report['nodes_before']} -> {report['nodes_after']}, MACs {report['macs_before'] / 1e9:.4f}G -> "
+          f"{report['macs_after'] / 1e9:.4f}G (removed {100 * report['removed_mac_fraction']:.2f}%)")
+    for name in report.get("dead_outputs", []):
+        print(f"WARNING: output '{name}' no longer depends on the input: the pruning removed every path to it",
+              file=sys.stderr)
+
+
+def cmd_fold(args) -> None:
+    import warnings
+    from xprune.export.fold import fold_file, parse_input_shape
+    shapes = parse_input_shape(args.input_shape) if args.input_shape else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dead outputs are reported below, once
+        report = fold_file(args.input, args.output, shapes)
+    _print_fold_report({**report.as_dict(), "removed_mac_fraction": report.removed_mac_fraction})
+    print(f"folded {report.folded_tensors} input-independent tensors -> {args.output}")
+
+
+def cmd_bench(args) -> None:
+    from xprune.bench.latency import LatencyProtocol
+    from xprune.bench.results import write_results
+    from xprune.bench.run import BenchSettings, bench, open_target
+    if args.data and not Path(args.data).is_dir():
+        raise XpruneError(f"dataset folder not found: {args.data}")
+    targets = [open_target(p, args.device, args.model, args.threads, args.fp16) for p in args.targets]
+    protocol = LatencyProtocol(warmup_runs=args.warmup_runs, runs=args.runs, min_s=args.min_seconds)
+    settings = BenchSettings(protocol=protocol, interleave=args.interleave, reference_workload=args.reference_workload,
+                             data=Path(args.data) if args.data else None, val_images=args.val_images)
+    doc = bench(targets, settings, command=" ".join(["xprune", *sys.argv[1:]]),
+                log=lambda m: print(m, file=sys.stderr))
+    write_results(args.out, doc)
+    print(format_bench_table(doc["rows"]))
+    print(f"results: {args.out}")
+
+
+def format_bench_table(rows: list[dict]) -> str:
+    head = f"{'model':<18}{'variant':<10}{'method':<8}{'engine':<13}{'prec':<6}{'median ms':>10}{'p90':>9}{'p99':>9}{'mAP':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        m = f"{r['map']:>8.4f}" if r.get("map") is not None else f"{'-':>8}"
+        lines.append(f"{r['model']:<18}{r.get('variant') or '-':<10}{r.get('method') or '-':<8}{r['engine']:<13}"
+                     f"{r['precision']:<6}{r['median_ms']:>10.3f}{r['p90_ms']:>9.3f}{r['p99_ms']:>9.3f}{m}")
+    return "\n".join(lines)
+
+
+def cmd_gate(args) -> int:
+    from xprune.bench.gate import parse_relative, run_gate
+    if not 0.0 <= args.max_regression < 1.0:
+        raise XpruneError(f"--max-regression must be in [0, 1), got {args.max_regression}")
+    return run_gate(args.baseline, args.current, max_regression=args.max_regression, confidence=args.confidence,
+                    resamples=args.resamples, seed=args.seed, relative=parse_relative(args.relative),
+                    summary=args.summary, verdict_path=args.verdict)
+
+
+def cmd_compare(args) -> None:
+    from xprune.bench.run import open_target
+    from xprune.runtime.compare import compare_outputs
+    import numpy as np
+    a, b = open_target(args.a, args.device, args.model), open_target(args.b, args.device, args.model)
+    if a.info["input_shape"] != b.info["input_shape"]:
+        raise XpruneError(f"input shapes differ: {a.info['input_shape']} vs {b.info['input_shape']}")
+    precision = args.precision or b.runner.precision
+    rng = np.random.default_rng(args.seed)
+    worst = None
+    with a.runner, b.runner:
+        for i in range(args.inputs):
+            x = rng.random(a.info["input_shape"], dtype=np.float32)
+            result = compare_outputs(a.runner.infer(x), b.runner.infer(x), precision)
+            if worst is None or not result["passed"]:
+                worst = result
+            if not result["passed"]:
+                break
+    print(json.dumps(worst, indent=2))
+    if not worst["passed"]:
+        print(f"outputs differ beyond the {precision} tolerances", file=sys.stderr)
+        return 1
+    print(f"outputs agree within the {precision} tolerances on {args.inputs} random inputs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="xprune", description="Explainability-guided layer pruning for object detectors.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -182,6 +303,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("export", help="export to ONNX (zeroed layers folded out) or build a TensorRT engine")
+    _model_args(p)
+    p.add_argument("--engine", choices=["onnx", "trt"], default="onnx")
+    p.add_argument("--out", required=True, help="output .onnx (or .engine with --engine trt)")
+    p.add_argument("--no-fold", action="store_true", help="keep the zeroed layers in the graph")
+    p.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
+    p.add_argument("--int8", action="store_true", help="TensorRT: int8 with calibration batches from --data")
+    p.add_argument("--calib-images", type=_positive_int, default=64)
+    p.add_argument("--workspace-gb", type=float, default=4.0)
+    p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--dynamic-batch", type=_batch_profile, default=None, metavar="MIN,OPT,MAX",
+                   help="TensorRT: a dynamic batch profile, e.g. 1,4,8")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fold", help="fold input-independent tensors (zeroed layers) out of any static-shape ONNX model")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--input-shape", default=None, help="fix dynamic dims, e.g. images:1x3x320x320")
+    p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("bench", help="latency (and mAP with --data) of .onnx / .engine / .pt targets; results JSON")
+    p.add_argument("targets", nargs="+", help=".onnx (ONNX Runtime), .engine/.plan (TensorRT), .pt (PyTorch, needs --model)")
+    p.add_argument("--out", required=True, help="results JSON (raw samples + environment)")
+    p.add_argument("--model", default=None, help="family of .pt targets")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--fp16", action="store_true", help="PyTorch targets on CUDA in fp16")
+    p.add_argument("--threads", type=_positive_int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--data", default=None, help="COCO-format dataset folder: also measure mAP")
+    p.add_argument("--val-images", type=_positive_int, default=None)
+    p.add_argument("--runs", type=_positive_int, default=100)
+    p.add_argument("--warmup-runs", type=_positive_int, default=10)
+    p.add_argument("--min-seconds", type=float, default=3.0)
+    p.add_argument("--interleave", action="store_true", help="time the targets round by round in one process")
+    p.add_argument("--reference-workload", action="store_true",
+                   help="also time a fixed workload after each sample, for drift-robust (relative) comparisons")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("gate", help="CI latency gate: compare two results files; exit 0 pass, 1 regression, 2 unusable")
+    p.add_argument("--baseline", required=True)
+    p.add_argument("--current", required=True)
+    p.add_argument("--max-regression", type=float, default=0.05, help="allowed slowdown of the median (0.05 = 5%%)")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--resamples", type=_positive_int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relative", choices=["auto", "on", "off"], default="auto",
+                   help="compare latency relative to the reference workload (auto: when both files have it)")
+    p.add_argument("--summary", default=None, help="append the markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
+    p.add_argument("--verdict", default=None, help="write the JSON verdict here")
+    p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("compare", help="check two backends' raw outputs agree within per-precision tolerances")
+    p.add_argument("a", help=".onnx / .engine / .pt")
+    p.add_argument("b", help=".onnx / .engine / .pt")
+    p.add_argument("--model", default=None, help="family of .pt targets")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                   help="tolerances to apply (default: B's precision)")
+    p.add_argument("--inputs", type=_positive_int, default=4, help="random inputs to compare on")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("demo", help="the whole study on the synthetic dataset and the reference models (CPU)")
     p.add_argument("--out", default="xprune-demo")
     p.add_argument("--data", default=None, help="dataset folder (default: OUT/data, synthesized if missing)")
@@ -197,14 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except XpruneError as e:
         sys.stderr.write(f"xprune: error: {e}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("xprune: interrupted\n")
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

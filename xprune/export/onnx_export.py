@@ -13,6 +13,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -90,3 +91,39 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
         raise XpruneError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
+
+
+def provenance(detector: Detector, folded: bool) -> dict:
+    """What a benchmark row needs to say which model this is: baseline, zeroed-only or folded, by which method."""
+    plan = detector.meta.get("pruning") if detector.meta else None
+    if not plan:
+        return {"variant": "baseline", "method": None, "rate": None}
+    return {"variant": "folded" if folded else "zeroed", "method": plan.get("method"), "rate": plan.get("rate"),
+            "zeroed_layers": [e["layer"] for e in plan.get("selected", [])]}
+
+
+def export_onnx(detector: Detector, out: str | Path, fold: bool = True, batch: int = 1, opset: int = OPSET,
+                log=lambda message: None) -> dict:
+    """Export → onnxslim → fold zeroed layers → onnxslim, written atomically to `out`. Returns the report that is
+    also stored in the model's metadata: nodes and MACs before and after folding."""
+    from xprune.export.fold import count_macs, fold_model
+
+    log("exporting to ONNX")
+    model = slim(export_raw(detector, batch, opset))
+    before = {"nodes": len(model.graph.node), "macs": count_macs(model)}
+    dead: list[str] = []
+    if fold:
+        log("folding zeroed layers")
+        model, report = fold_model(model)
+        model = slim(model)
+        dead = report.dead_outputs
+    after = {"nodes": len(model.graph.node), "macs": count_macs(model)}
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    report = {**provenance(detector, fold), "folded": fold, "opset": opset, "input_shape": [batch, 3, detector.input_size, detector.input_size],
+              "nodes_before": before["nodes"], "nodes_after": after["nodes"], "macs_before": before["macs"],
+              "macs_after": after["macs"], "params": params,
+              "removed_mac_fraction": 1.0 - after["macs"] / before["macs"] if before["macs"] else 0.0,
+              "dead_outputs": dead}
+    set_metadata(model, {f"xprune.{k}": v for k, v in report.items()})
+    save_model(model, out)
+    return report

@@ -37,6 +37,8 @@ class Detector:
     # Qualified names of the final predictor convs of every head (protected from pruning unless asked).
     predictor_layers: list[str] = field(default_factory=list)
     nms_iou: float = NMS_IOU
+    # What the checkpoint says about where these weights came from (e.g. the pruning plan).
+    meta: dict = field(default_factory=dict)
 
     # --- what every family implements -------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, targets: list[dict]) -> torch.Tensor:  # pragma: no cover - abstract

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import torchvision
 from torchvision.models import detection as tvd
 
 from xprune.errors import XpruneError
-from xprune.files import atomic_path
+from xprune.files import atomic_path, file_sha256  # noqa: F401 (re-exported)
 from xprune.models import torchvision_family as tvf
 from xprune.models.detector import Detector
 from xprune.models.yolo import YoloDetector, build_yolo, quiet_ultralytics_env, yolo_predictors
@@ -146,14 +145,6 @@ def build_detector(name: str, weights: str = "none", num_classes: int | None = N
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _torch_load(path: Path):
     if not path.is_file():
         raise XpruneError(f"checkpoint not found: {path}")
@@ -193,6 +184,7 @@ def load_checkpoint(path: str | os.PathLike, name: str, input_size: int | None =
         except RuntimeError as e:
             raise XpruneError(f"checkpoint {path} does not fit {name}: {str(e).splitlines()[0]}") from None
         det.category_ids = ckpt.get("category_ids")
+        det.meta = ckpt.get("meta") or {}
         return det.eval()
     if name.startswith("yolov8") and isinstance(ckpt, dict) and "model" in ckpt:
         return _load_ultralytics_pt(name, path, input_size or fam.default_size).eval()
