@@ -202,10 +202,14 @@ def cmd_bench(args) -> None:
     from xprune.bench.run import BenchSettings, bench, open_target
     if args.data and not Path(args.data).is_dir():
         raise XpruneError(f"dataset folder not found: {args.data}")
-    targets = [open_target(p, args.device, args.model, args.threads, args.fp16) for p in args.targets]
+    paths = list(args.targets) + list(args.engine or [])
+    if not paths:
+        raise XpruneError("nothing to benchmark: pass .onnx / .engine / .pt files (or --engine FILE)")
+    targets = [open_target(p, args.device, args.model, args.threads, args.fp16) for p in paths]
     protocol = LatencyProtocol(warmup_runs=args.warmup_runs, runs=args.runs, min_s=args.min_seconds)
     settings = BenchSettings(protocol=protocol, interleave=args.interleave, reference_workload=args.reference_workload,
-                             data=Path(args.data) if args.data else None, val_images=args.val_images)
+                             data=Path(args.data) if args.data else None, val_images=args.val_images,
+                             threads=args.threads)
     doc = bench(targets, settings, command=" ".join(["xprune", *sys.argv[1:]]),
                 log=lambda m: print(m, file=sys.stderr))
     write_results(args.out, doc)
@@ -324,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("bench", help="latency (and mAP with --data) of .onnx / .engine / .pt targets; results JSON")
-    p.add_argument("targets", nargs="+", help=".onnx (ONNX Runtime), .engine/.plan (TensorRT), .pt (PyTorch, needs --model)")
+    p.add_argument("targets", nargs="*", help=".onnx (ONNX Runtime), .engine/.plan (TensorRT), .pt (PyTorch, needs --model)")
+    p.add_argument("--engine", action="append", default=None, metavar="FILE", help="another target (repeatable)")
     p.add_argument("--out", required=True, help="results JSON (raw samples + environment)")
     p.add_argument("--model", default=None, help="family of .pt targets")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -116,9 +116,13 @@ def run_demo(settings: DemoSettings, log=print) -> list[dict]:
     unknown = [n for n in names if n not in refs]
     if unknown:
         raise XpruneError(f"no reference checkpoint for {unknown[0]}; available: {', '.join(sorted(refs))}")
-    data = settings.data or settings.out / "data"
+    if settings.data is not None:  # a dataset the user chose is used as it is
+        data = settings.data
+    else:
+        data = settings.out / "data"
+        log(f"synthesizing the dataset (or reusing it) in {data}")
+        generate(data, SynthConfig())
     log(f"dataset: {data}")
-    generate(data, SynthConfig())
     env = environment()
     rows, overlaps = [], {}
     for name in names:

@@ -109,16 +109,23 @@ def bench(targets: list[Target], settings: BenchSettings, command: str | None = 
         reference = ref.run if ref is not None else None
         if settings.interleave or reference is not None:
             log(f"timing {len(fns)} target(s) interleaved")
-            samples = measure_interleaved(fns, settings.protocol, reference)
+            samples, timing = measure_interleaved(fns, settings.protocol, reference), {}
         else:
-            samples = {}
-            for name, fn in fns.items():
+            samples, timing = {}, {}
+            for t in targets:
+                name = str(t.path)
                 log(f"timing {name}")
-                samples[name] = measure(fn, settings.protocol)
+                if hasattr(t.runner, "time_device"):  # GPU engines: device events, host copies excluded
+                    samples[name] = t.runner.time_device(inputs[t.path], runs=settings.protocol.runs,
+                                                         warmup=settings.protocol.warmup_runs)
+                    timing[name] = "cuda-events"
+                else:
+                    samples[name] = measure(fns[name], settings.protocol)
         for t in targets:
             name = str(t.path)
             row = {**{k: v for k, v in t.info.items() if k != "category_ids"}, "engine": t.runner.name,
                    "device": t.runner.device, "precision": t.runner.precision,
+                   "timing": timing.get(name, "host-wall-clock"),
                    "samples_ms": [round(s, 4) for s in samples[name]], **summarize(samples[name])}
             if f"{name}@reference" in samples:
                 row["reference_samples_ms"] = [round(s, 4) for s in samples[f"{name}@reference"]]

@@ -1,0 +1,108 @@
+"""`xprune bench`, `gate` and `compare` from the command line: results files with raw samples, exit codes, errors."""
+
+import json
+
+import pytest
+import torch
+
+from xprune.cli import main
+from xprune.models import build_detector, save_checkpoint
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-init yolov8n at 64 px as checkpoint and ONNX file, with the same 6 classes as the synth fixture."""
+    d = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    save_checkpoint(build_detector("yolov8n", "none", num_classes=6, input_size=64), d / "y.pt")
+    assert main(["export", "--model", "yolov8n", "--weights", str(d / "y.pt"), "--out", str(d / "y.onnx")]) == 0
+    return d
+
+
+FAST = ["--runs", "5", "--warmup-runs", "1", "--min-seconds", "0"]
+
+
+def test_bench_writes_raw_samples_environment_and_map(tiny, synth_data, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code, stdout, _ = _run(["bench", str(tiny / "y.onnx"), str(tiny / "y.pt"), "--model", "yolov8n", "--interleave",
+                            "--data", str(synth_data), "--val-images", "4", "--out", str(out), *FAST], capsys)
+    assert code == 0 and "onnxruntime" in stdout
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "xprune-bench-1" and doc["environment"]["libraries"]["onnxruntime"]
+    assert {r["engine"] for r in doc["rows"]} == {"onnxruntime", "torch"}
+    for r in doc["rows"]:
+        assert len(r["samples_ms"]) >= 5 and r["median_ms"] > 0 and r["val_images"] == 4
+        assert 0.0 <= r["map"] <= 1.0
+
+
+def test_bench_reference_workload_then_gate_passes_on_itself(tiny, tmp_path, capsys):
+    a = tmp_path / "a.json"
+    assert main(["bench", str(tiny / "y.onnx"), "--reference-workload", "--out", str(a), *FAST]) == 0
+    doc = json.loads(a.read_text())
+    assert len(doc["rows"][0]["reference_samples_ms"]) == len(doc["rows"][0]["samples_ms"])
+    assert doc["protocol"]["reference_workload"]["name"]
+    code, _, _ = _run(["gate", "--baseline", str(a), "--current", str(a), "--verdict", str(tmp_path / "v.json")], capsys)
+    assert code == 0 and json.loads((tmp_path / "v.json").read_text())
+
+
+def test_gate_flags_a_slower_current(tiny, tmp_path, capsys):
+    a = tmp_path / "a.json"
+    assert main(["bench", str(tiny / "y.onnx"), "--out", str(a), *FAST]) == 0
+    doc = json.loads(a.read_text())
+    doc["rows"][0]["samples_ms"] = [s * 1.5 for s in doc["rows"][0]["samples_ms"]]
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    code, _, _ = _run(["gate", "--baseline", str(a), "--current", str(tmp_path / "b.json")], capsys)
+    assert code == 1
+
+
+@pytest.mark.parametrize("content", [None, "", "{not json", '{"format": "xprune-bench-1", "rows": []}',
+                                     '{"format": "other"}'])
+def test_gate_unusable_input_exits_2(tiny, tmp_path, capsys, content):
+    a = tmp_path / "a.json"
+    assert main(["bench", str(tiny / "y.onnx"), "--out", str(a), *FAST]) == 0
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    capsys.readouterr()
+    code, _, err = _run(["gate", "--baseline", str(a), "--current", str(bad)], capsys)
+    assert code == 2 and _one_line(err).startswith("xprune: error:")
+
+
+def test_gate_mismatched_models_exit_2(tiny, tmp_path, capsys):
+    a = tmp_path / "a.json"
+    assert main(["bench", str(tiny / "y.onnx"), "--out", str(a), *FAST]) == 0
+    doc = json.loads(a.read_text())
+    doc["rows"][0]["model"] = "ssd-mobilenetv2"
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    code, _, err = _run(["gate", "--baseline", str(a), "--current", str(tmp_path / "b.json")], capsys)
+    assert code == 2 and "xprune: error:" in _one_line(err)
+
+
+def test_bench_bad_targets(tiny, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    for target, message in [(tmp_path / "missing.onnx", "not found"), (tiny / "y.pt", "needs --model")]:
+        code, _, err = _run(["bench", str(target), "--out", str(out)], capsys)
+        assert code == 2 and message in _one_line(err)
+    (tmp_path / "m.engine").write_bytes(b"x")
+    code, _, err = _run(["bench", "--engine", str(tmp_path / "m.engine"), "--out", str(out)], capsys)
+    assert code == 2 and "TensorRT is not installed" in _one_line(err)
+    assert not out.exists()
+
+
+def test_compare_onnx_against_pytorch(tiny, capsys):
+    code, out, _ = _run(["compare", str(tiny / "y.pt"), str(tiny / "y.onnx"), "--model", "yolov8n",
+                         "--inputs", "2"], capsys)
+    assert code == 0 and "agree" in out
