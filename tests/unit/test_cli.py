@@ -5,26 +5,14 @@ import shutil
 
 import pytest
 
+from cli_helpers import one_line_error, run_cli
 from xprune.cli import main
-
-
-def _run(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip() and "batch/s" not in ln and "%|" not in ln]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("xprune")
-    return lines[0]
 
 
 @pytest.fixture
 def scores_file(tmp_path, capsys, synth_data):
     path = tmp_path / "scores.json"
-    code, _, _ = _run(["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",
+    code, _, _ = run_cli(["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",
                        str(synth_data), "--method", "l1", "--out", str(path)], capsys)
     assert code == 0 and path.is_file()
     return path
@@ -32,13 +20,13 @@ def scores_file(tmp_path, capsys, synth_data):
 
 def test_score_prune_evaluate_roundtrip(tmp_path, capsys, synth_data, scores_file):
     out = tmp_path / "pruned.pt"
-    code, stdout, _ = _run(["prune", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",
+    code, stdout, _ = run_cli(["prune", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",
                             str(synth_data), "--scores", str(scores_file), "--rate", "0.05", "--out", str(out)], capsys)
     assert code == 0, stdout
     plan = json.loads(out.with_suffix(".plan.json").read_text())
     assert len(plan["selected"]) == round(0.05 * plan["candidates"])
     metrics = tmp_path / "metrics.json"
-    code, stdout, _ = _run(["evaluate", "--model", "yolov8n", "--weights", str(out), "--data", str(synth_data),
+    code, stdout, _ = run_cli(["evaluate", "--model", "yolov8n", "--weights", str(out), "--data", str(synth_data),
                             "--latency-runs", "3", "--out", str(metrics)], capsys)
     assert code == 0
     (row,) = json.loads(metrics.read_text())
@@ -48,9 +36,9 @@ def test_score_prune_evaluate_roundtrip(tmp_path, capsys, synth_data, scores_fil
 
 def test_unknown_model(tmp_path, capsys, synth_data):
     out = tmp_path / "s.json"
-    code, _, err = _run(["score", "--model", "yolo-nope", "--weights", "none", "--data", str(synth_data),
+    code, _, err = run_cli(["score", "--model", "yolo-nope", "--weights", "none", "--data", str(synth_data),
                          "--method", "l1", "--out", str(out)], capsys)
-    assert code == 2 and "unknown model 'yolo-nope'" in _one_line_error(err)
+    assert code == 2 and "unknown model 'yolo-nope'" in one_line_error(err)
     assert not out.exists()
 
 
@@ -60,9 +48,9 @@ def test_missing_or_corrupt_checkpoint(tmp_path, capsys, synth_data, scores_file
     if content is not None:
         ckpt.write_bytes(content)
     out = tmp_path / "pruned.pt"
-    code, _, err = _run(["prune", "--model", "yolov8n", "--weights", str(ckpt), "--scores", str(scores_file),
+    code, _, err = run_cli(["prune", "--model", "yolov8n", "--weights", str(ckpt), "--scores", str(scores_file),
                          "--out", str(out)], capsys)
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert code == 2 and ("not found" in line if content is None else "corrupt" in line)
     assert not out.exists() and not list(tmp_path.glob(".pruned.pt*"))
 
@@ -70,17 +58,17 @@ def test_missing_or_corrupt_checkpoint(tmp_path, capsys, synth_data, scores_file
 @pytest.mark.parametrize("rate", ["0", "1", "-0.5", "1.2"])
 def test_rate_outside_open_interval(tmp_path, capsys, scores_file, rate):
     out = tmp_path / "pruned.pt"
-    code, _, err = _run(["prune", "--model", "yolov8n", "--weights", "none", "--scores", str(scores_file),
+    code, _, err = run_cli(["prune", "--model", "yolov8n", "--weights", "none", "--scores", str(scores_file),
                          "--rate", rate, "--out", str(out)], capsys)
-    assert code == 2 and "--rate must be in (0, 1)" in _one_line_error(err)
+    assert code == 2 and "--rate must be in (0, 1)" in one_line_error(err)
     assert not out.exists()
 
 
-def test_non_numeric_rate_is_one_line(tmp_path, capsys, scores_file):
+def test_non_numeric_rate_isone_line_error(tmp_path, capsys, scores_file):
     with pytest.raises(SystemExit) as exc:
         main(["prune", "--model", "yolov8n", "--scores", str(scores_file), "--rate", "lots", "--out", "x.pt"])
     assert exc.value.code == 2
-    _one_line_error(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err)
 
 
 def _dataset_copy(src, dst, annotations: str | None):
@@ -101,21 +89,21 @@ def _dataset_copy(src, dst, annotations: str | None):
 def test_empty_or_malformed_dataset(tmp_path, capsys, synth_data, annotations, message):
     data = _dataset_copy(synth_data, tmp_path / "data", annotations)
     out = tmp_path / "scores.json"
-    code, _, err = _run(["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data", str(data),
+    code, _, err = run_cli(["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data", str(data),
                          "--method", "attr", "--out", str(out)], capsys)
-    assert code == 2 and message in _one_line_error(err)
+    assert code == 2 and message in one_line_error(err)
     assert not out.exists()
 
 
 def test_missing_dataset_folder(tmp_path, capsys):
-    code, _, err = _run(["evaluate", "--model", "yolov8n", "--weights", "none", "--data", str(tmp_path / "nowhere")],
+    code, _, err = run_cli(["evaluate", "--model", "yolov8n", "--weights", "none", "--data", str(tmp_path / "nowhere")],
                         capsys)
-    assert code == 2 and "not found" in _one_line_error(err)
+    assert code == 2 and "not found" in one_line_error(err)
 
 
 def test_unwritable_output(tmp_path, capsys, synth_data):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = _run(["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",
+    code, _, err = run_cli(["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",
                          str(synth_data), "--method", "l1", "--out", str(blocker / "scores.json")], capsys)
-    assert code == 2 and "cannot write" in _one_line_error(err)
+    assert code == 2 and "cannot write" in one_line_error(err)

@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from cli_helpers import one_line_error, run_cli
 from xprune.cli import main
 from xprune.export.onnx_export import export_onnx, get_metadata
 from xprune.importance.scores import score_layers
@@ -67,17 +68,6 @@ def test_onnx_matches_pytorch_and_carries_metadata(tmp_path):
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
 
-def _run(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
 
 @pytest.fixture(scope="module")
 def pruned_ckpt(tmp_path_factory):
@@ -97,7 +87,7 @@ def folded_onnx(pruned_ckpt):
 def test_export_cli_reports_and_records(folded_onnx, pruned_ckpt, tmp_path, capsys):
     report = json.loads(folded_onnx.with_suffix(".onnx.json").read_text())
     assert report["macs_after"] < report["macs_before"]
-    code, out, _ = _run(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt), "--no-fold",
+    code, out, _ = run_cli(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt), "--no-fold",
                          "--out", str(tmp_path / "z.onnx")], capsys)
     assert code == 0 and "nodes" in out and "MACs" in out
     assert json.loads((tmp_path / "z.onnx.json").read_text())["macs_after"] == report["macs_before"]
@@ -106,7 +96,7 @@ def test_export_cli_reports_and_records(folded_onnx, pruned_ckpt, tmp_path, caps
 def test_fold_cli_on_a_plain_onnx_file(pruned_ckpt, tmp_path, capsys):
     zeroed = tmp_path / "z.onnx"
     assert main(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt), "--no-fold", "--out", str(zeroed)]) == 0
-    code, out, _ = _run(["fold", str(zeroed), str(tmp_path / "f.onnx")], capsys)
+    code, out, _ = run_cli(["fold", str(zeroed), str(tmp_path / "f.onnx")], capsys)
     assert code == 0 and (tmp_path / "f.onnx").is_file() and "MACs" in out
 
 
@@ -121,10 +111,10 @@ def test_fold_cli_dynamic_shape_needs_input_shape(pruned_ckpt, tmp_path, capsys)
     assert main(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt), "--no-fold", "--out", str(zeroed)]) == 0
     _dynamic_copy(zeroed, dynamic)
     capsys.readouterr()
-    code, _, err = _run(["fold", str(dynamic), str(tmp_path / "out.onnx")], capsys)
-    assert code == 2 and "--input-shape" in _one_line(err)
+    code, _, err = run_cli(["fold", str(dynamic), str(tmp_path / "out.onnx")], capsys)
+    assert code == 2 and "--input-shape" in one_line_error(err)
     assert not (tmp_path / "out.onnx").exists()
-    code, _, _ = _run(["fold", str(dynamic), str(tmp_path / "out.onnx"), "--input-shape", "images:1x3x64x64"], capsys)
+    code, _, _ = run_cli(["fold", str(dynamic), str(tmp_path / "out.onnx"), "--input-shape", "images:1x3x64x64"], capsys)
     assert code == 0 and (tmp_path / "out.onnx").is_file()
 
 
@@ -133,26 +123,26 @@ def test_fold_cli_rejects_bad_files(tmp_path, capsys, content):
     src = tmp_path / "in.onnx"
     if content is not None:
         src.write_bytes(content)
-    code, _, err = _run(["fold", str(src), str(tmp_path / "out.onnx")], capsys)
-    assert code == 2 and _one_line(err).startswith("xprune: error:")
+    code, _, err = run_cli(["fold", str(src), str(tmp_path / "out.onnx")], capsys)
+    assert code == 2 and one_line_error(err).startswith("xprune: error:")
     assert list(tmp_path.iterdir()) == ([src] if content is not None else [])
 
 
 def test_fold_and_export_cli_unwritable_output(folded_onnx, pruned_ckpt, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, _, err = _run(["fold", str(folded_onnx), str(blocker / "out.onnx")], capsys)
-    assert code == 2 and "cannot write" in _one_line(err)
-    code, _, err = _run(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt),
+    code, _, err = run_cli(["fold", str(folded_onnx), str(blocker / "out.onnx")], capsys)
+    assert code == 2 and "cannot write" in one_line_error(err)
+    code, _, err = run_cli(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt),
                          "--out", str(blocker / "out.onnx")], capsys)
-    assert code == 2 and "cannot write" in _one_line(err.split("folding zeroed layers\n")[-1])
+    assert code == 2 and "cannot write" in one_line_error(err)
 
 
 def test_export_trt_without_tensorrt_fails_cleanly(pruned_ckpt, tmp_path, capsys):
     out = tmp_path / "m.engine"
-    code, _, err = _run(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt), "--engine", "trt",
+    code, _, err = run_cli(["export", "--model", "yolov8n", "--weights", str(pruned_ckpt), "--engine", "trt",
                          "--out", str(out)], capsys)
     assert code == 2
-    assert _one_line(err) == ("xprune: error: TensorRT is not installed; install xprune[trt] on a machine with an "
+    assert one_line_error(err) == ("xprune: error: TensorRT is not installed; install xprune[trt] on a machine with an "
                               "NVIDIA GPU")
     assert list(tmp_path.iterdir()) == []
