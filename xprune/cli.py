@@ -101,10 +101,16 @@ def cmd_prune(args) -> None:
     from xprune.importance.scores import read_scores
     from xprune.models import save_checkpoint
     from xprune.prune.plan import apply_plan, check_rate, plan_pruning
-    check_rate(args.rate)
+    if args.max_map_drop is not None and args.rate is not None:
+        raise XpruneError("--rate and --max-map-drop are exclusive: give one")
+    if args.max_map_drop is None:
+        check_rate(0.05 if args.rate is None else args.rate)
     scores = read_scores(args.scores)
     det = _load(args, _classes_from_data(args.data) if args.weights == "none" else None)
-    plan = plan_pruning(det, scores, args.rate, args.candidates)
+    if args.max_map_drop is not None:
+        plan = _budget_plan(args, det, scores)
+    else:
+        plan = plan_pruning(det, scores, 0.05 if args.rate is None else args.rate, args.candidates)
     apply_plan(det, plan)
     plan_path = args.plan or str(Path(args.out).with_suffix(".plan.json"))
     plan["weights"] = args.weights
@@ -115,6 +121,25 @@ def cmd_prune(args) -> None:
     for e in plan["skipped"]:
         print(f"kept   {e['layer']:<40} score {e['score']:.4g}  ({e['reason']})")
     print(f"{len(plan['selected'])} of {plan['candidates']} candidate layers zeroed -> {args.out}, plan {plan_path}")
+
+
+def _budget_plan(args, det, scores: dict) -> dict:
+    """The largest safe rate whose mAP drop on held-out calibration images stays within --max-map-drop."""
+    from xprune.evaluate.coco_map import evaluate_map
+    from xprune.files import write_json
+    from xprune.prune.budget import check_max_map_drop, held_out_split, scored_calib_images, search_rate
+    check_max_map_drop(args.max_map_drop)
+    if not args.data:
+        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
+    held = held_out_split(args.data, det.input_size, args.held_out_images, skip=scored_calib_images(scores, args.data))
+    report = search_rate(det, scores, lambda d: evaluate_map(d, held)["map"], args.max_map_drop, args.candidates,
+                         max_rate=args.max_rate, log=lambda m: print(m, file=sys.stderr))
+    write_json(args.search_report or str(Path(args.out).with_suffix(".search.json")), report)
+    if report["plan"] is None:
+        raise XpruneError(f"no rate keeps the mAP drop within {args.max_map_drop} (search written beside --out)")
+    plan = report["plan"]
+    plan["budget"] = {k: v for k, v in report.items() if k != "plan"}
+    return plan
 
 
 def cmd_evaluate(args) -> None:
@@ -281,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_data_synth)
 
-    p = sub.add_parser("score", help="score every conv layer (attr or l1) and write scores.json")
+    p = sub.add_parser("score", help="score every conv layer and write scores.json")
     _model_args(p)
-    p.add_argument("--method", default="attr")
+    p.add_argument("--method", default="attr", help="attr (default), l1, taylor, hrank, random, gradshap (needs captum)")
     p.add_argument("--out", required=True)
     p.add_argument("--calib-images", type=_positive_int, default=64)
     p.add_argument("--batch-size", type=_positive_int, default=8)
@@ -293,7 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="zero the least important layers; write the checkpoint and a plan JSON")
     _model_args(p)
     p.add_argument("--scores", required=True)
-    p.add_argument("--rate", type=float, default=0.05, help="fraction of candidate layers to zero, in (0, 1)")
+    p.add_argument("--rate", type=float, default=None, help="fraction of candidate layers to zero, in (0, 1) (default 0.05)")
+    p.add_argument("--max-map-drop", type=float, default=None,
+                   help="instead of --rate: the largest rate whose mAP drop on held-out calib images is <= D "
+                        "(absolute, 0.01 = one point); score with fewer --calib-images to leave images held out")
+    p.add_argument("--held-out-images", type=_positive_int, default=64, help="calib images after the scored ones")
+    p.add_argument("--max-rate", type=float, default=None, help="upper bound of the --max-map-drop search")
+    p.add_argument("--search-report", default=None, help="search JSON (default: OUT with .search.json)")
     p.add_argument("--candidates", default="safe", help="safe (default) or all (the paper's)")
     p.add_argument("--out", required=True)
     p.add_argument("--plan", default=None, help="plan JSON path (default: OUT with .plan.json)")

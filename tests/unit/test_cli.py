@@ -107,3 +107,21 @@ def test_unwritable_output(tmp_path, capsys, synth_data):
     code, _, err = run_cli(["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",
                          str(synth_data), "--method", "l1", "--out", str(blocker / "scores.json")], capsys)
     assert code == 2 and "cannot write" in one_line_error(err)
+
+
+def test_prune_with_an_accuracy_budget(tmp_path, capsys, synth_data, scores_file):
+    out = tmp_path / "budget.pt"
+    base = ["prune", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data", str(synth_data),
+            "--scores", str(scores_file), "--out", str(out)]
+    code, _, err = run_cli(base + ["--max-map-drop", "0.5", "--held-out-images", "4", "--max-rate", "0.1"], capsys)
+    assert code == 0, err
+    search = json.loads(out.with_suffix(".search.json").read_text())
+    assert search["evaluations"] and all(e["drop"] <= 0.5 for e in search["evaluations"] if e["within"])
+    plan = json.loads(out.with_suffix(".plan.json").read_text())
+    assert plan["budget"]["max_map_drop"] == 0.5 and len(plan["selected"]) == search["chosen"]["k"]
+    for extra, message in [(["--max-map-drop", "1.5"], "max-map-drop"), (["--max-map-drop", "0.1", "--rate", "0.1"],
+                                                                         "exclusive")]:
+        out.unlink(missing_ok=True)
+        code, _, err = run_cli(base + extra, capsys)
+        assert code == 2 and message in one_line_error(err)
+        assert not out.exists()

@@ -50,7 +50,7 @@ def score_layers(detector: Detector, method: str, calib: CocoDetectionSet | None
         calibration = {"annotations": str(calib.annotations), "images": len(calib), "batch_size": batch_size,
                        "batches": len(batches)}
     t0 = time.perf_counter()
-    scores = fn(detector, batches, progress=progress, **({"total": len(batches)} if needs_data else {}))
+    scores = fn(detector, batches, progress=progress, seed=seed, **({"total": len(batches)} if needs_data else {}))
     seconds = time.perf_counter() - t0
     bad = [n for n, s in scores.items() if not math.isfinite(s)]
     if bad:
