@@ -99,6 +99,7 @@ def main() -> None:
     data = generate(args.data, SynthConfig())
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     log = RESULTS_DIR / f"train-{args.model}.log"
+    threads = torch.get_num_threads()  # read before training: trainers may change it
     t0 = time.time()
     if args.model == "yolov8n":
         epochs = args.epochs or 40
@@ -114,7 +115,7 @@ def main() -> None:
     ckpt = REFERENCE_DIR / f"{args.model}-synth.pt"
     meta = {"dataset": "xprune synthetic shapes", "synth_config": SynthConfig().__dict__, "epochs": epochs, "train_images": args.train_images,
             "input_size": args.size, "train_seconds": round(train_seconds, 1), "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
+            "threads": threads, "command": " ".join(sys.argv)}
     save_checkpoint(det, ckpt, meta=meta, half=True)
     # Reference metrics live next to the weights they describe; they are re-measured from the saved fp16 file.
     det = load_checkpoint(ckpt, args.model, args.size)
