@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -287,6 +286,19 @@ def cmd_compare(args) -> None:
     return 0
 
 
+def cmd_study(args) -> None:
+    from xprune.models.yolo import quiet_ultralytics_env
+    from xprune.study import run_study, write_report
+    from xprune.study.options import settings_from_args
+    quiet_ultralytics_env()
+    args.command = " ".join(["xprune", *sys.argv[1:]])
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if not args.render_only:
+        run_study(settings_from_args(args, log), log=log)
+    report = write_report(Path(args.out))
+    print(f"study: {Path(args.out) / 'study.json'}\nreport: {report}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="xprune", description="Explainability-guided layer pruning for object detectors.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -399,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", type=_positive_int, default=4, help="random inputs to compare on")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("study", help="the paper's sweep: models x criteria x rates -> table, plots and report")
+    from xprune.study.options import add_study_arguments
+    add_study_arguments(p, "xprune-study", None)
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("demo", help="the whole study on the synthetic dataset and the reference models (CPU)")
     p.add_argument("--out", default="xprune-demo")

@@ -1,7 +1,6 @@
 """Importance scores: attr is deterministic, differs from l1, and l1 is the sum of |W|."""
 
 import pytest
-import torch
 
 from xprune.data.coco import calibration_set
 from xprune.errors import XpruneError

@@ -49,7 +49,7 @@ def open_target(path: str | Path, device: str = "cpu", model: str | None = None,
         meta = get_metadata(onnx_model)
         info.update(_describe_onnx(onnx_model, meta))
         info["macs"] = count_macs(onnx_model)
-        return Target(path, OnnxRuntimeRunner(path, device=device, threads=threads), info)
+        return Target(path, OnnxRuntimeRunner(path, device=device, threads=threads, nms_iou=meta.get("nms_iou")), info)
     if suffix in ENGINE_SUFFIXES:
         from xprune.runtime.tensorrt_runner import TensorRTRunner
         runner = TensorRTRunner(path)

@@ -38,7 +38,7 @@ def export_raw(detector: Detector, batch: int = 1, opset: int = OPSET) -> onnx.M
                               input_names=[INPUT_NAME], output_names=OUTPUT_NAMES, do_constant_folding=True)
         model = onnx.load(str(path))
     set_metadata(model, {"xprune.family": detector.family, "xprune.input_size": detector.input_size,
-                         "xprune.num_classes": detector.num_classes, "xprune.category_ids": detector.category_ids})
+                         "xprune.num_classes": detector.num_classes, "xprune.nms_iou": detector.nms_iou, "xprune.category_ids": detector.category_ids})
     return model
 
 

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 from xprune.errors import XpruneError
-from xprune.models.detector import Detector, postprocess
+from xprune.models.detector import NMS_IOU, Detector, postprocess
 
 
 class Runner:
     name = "runner"
     precision = "fp32"
     device = "cpu"
+    nms_iou = NMS_IOU  # the model family's NMS IoU; ONNX and engine files carry it in their metadata
 
     def __enter__(self) -> "Runner":
         return self
@@ -30,7 +31,7 @@ class Runner:
     def predict(self, x: torch.Tensor) -> list[dict]:
         """Detections through the shared post-process (the same NMS for every backend)."""
         boxes, scores = self.infer(x.numpy())[:2]
-        return postprocess(torch.from_numpy(np.asarray(boxes)), torch.from_numpy(np.asarray(scores)))
+        return postprocess(torch.from_numpy(np.asarray(boxes)), torch.from_numpy(np.asarray(scores)), iou=self.nms_iou)
 
 
 class TorchRunner(Runner):
@@ -44,6 +45,7 @@ class TorchRunner(Runner):
         if fp16 and not device.startswith("cuda"):
             raise XpruneError("fp16 PyTorch runs need --device cuda")
         self.detector, self.device, self.precision = detector, device, "fp16" if fp16 else "fp32"
+        self.nms_iou = detector.nms_iou
         self.dtype = torch.float16 if fp16 else torch.float32
 
     def __enter__(self):
@@ -69,8 +71,10 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
-                 spinning: bool = False):
+                 spinning: bool = False, nms_iou: float | None = None):
         self.model, self.device, self.threads, self.spinning = model, device, threads, spinning
+        if nms_iou is not None:
+            self.nms_iou = nms_iou
         self.session = None
 
     def __enter__(self):

@@ -42,6 +42,7 @@ class TensorRTRunner(Runner):
         metadata = self.sidecar.get("metadata") or {}
         self.family: str | None = metadata.get("family")
         self.input_size: int | None = metadata.get("input_size")
+        self.nms_iou = float(metadata.get("nms_iou", self.nms_iou))
         self.device_index = device_index
         self.device = f"cuda:{device_index}"
         self.input_name = ""

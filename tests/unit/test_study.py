@@ -1,0 +1,194 @@
+"""The study end to end at toy size: random-init YOLOv8n at 64 px (speed-only rows), 2 rates, 3 timed runs ->
+study.json, raw bench docs, report.md and PNGs; the report's numbers are the JSON's. Plus the pieces: prefix plans
+equal independent plans, the Ultralytics output adapter, and the report's accuracy columns."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xprune.bench.latency import LatencyProtocol
+from xprune.bench.results import read_results
+from xprune.study.report import DASH, load_study, render
+from xprune.study.sweep import StudySettings, paired_ratios, pct_change, prefix_plans, ratio_summary, run_study, spearman
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, synth_data):
+    out = tmp_path_factory.mktemp("study")
+    settings = StudySettings(out=out, models=["yolov8n"], criteria=("l1", "attr"), rates=(0.02, 0.05),
+                             data=synth_data, calib_images=4, batch_size=4, use_reference=False,
+                             speed_input_size=64, latency=TINY, progress=False, command="pytest tiny study")
+    lines: list[str] = []
+    path = run_study(settings, log=lines.append)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import reproduce
+    finally:
+        sys.path.pop(0)
+    assert reproduce.main(["--render-only", "--out", str(out)], log=lines.append) == 0
+    return path, lines
+
+
+def _table_rows(md: str, title_start: str) -> list[list[str]]:
+    """Cells of the markdown table under the heading that starts with `title_start`."""
+    section = md.split(f"## {title_start}", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in r.strip("|").split("|")] for r in rows[1:]]  # without the header
+
+
+def _num(cell: str) -> float | None:
+    if cell == DASH:
+        return None
+    return float(cell.replace(",", "").replace("%", "").replace("+", "").replace(" †", ""))
+
+
+def test_study_writes_json_bench_docs_report_and_figures(study):
+    path, lines = study
+    doc = load_study(path)
+    out = path.parent
+    assert doc["complete"] and doc["command"] == "pytest tiny study"
+    assert doc["environment"]["cpu_count"] and doc["environment"]["libraries"]["onnxruntime"]
+    assert doc["tensorrt"].startswith("unavailable (") or doc["tensorrt"].startswith("available")
+    assert any("yolov8n" in line for line in lines)  # progress lines
+    # every backend that ran kept every sample
+    for backend, rel in doc["models"][0]["bench_files"].items():
+        bench = read_results(out / rel)
+        assert bench["protocol"]["interleaved"]
+        assert all(len(r["samples_ms"]) >= 3 for r in bench["rows"])
+    assert set(doc["models"][0]["bench_files"]) == {"torch", "onnxruntime"}
+    # one row per (backend, method, rate), baselines included
+    keys = {(r["backend"], r["method"], r["rate"]) for r in doc["rows"]}
+    assert keys == {(b, m, r) for b in ("torch", "onnxruntime") for m in ("l1", "attr") for r in (0.02, 0.05)} | {
+        ("torch", "baseline", 0.0), ("onnxruntime", "baseline", 0.0)}
+    for name in ("report.md", "importance-yolov8n.png", "rate-sweep-fps.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "scores" / "yolov8n-attr.json").is_file()
+
+
+def test_speed_only_model_is_marked(study):
+    path, _ = study
+    doc = load_study(path)
+    m = doc["models"][0]
+    assert m["accuracy"] is False and m["weights"]["source"] == "random-init"
+    assert all(r["accuracy"] is False and r["map"] is None and r["dmap_pct"] is None for r in doc["rows"])
+    md = (path.parent / "report.md").read_text()
+    for row in _table_rows(md, "Table 2 — ONNX Runtime"):
+        assert row[0] == "yolov8n (speed only)" and row[4] == DASH
+    # no accuracy figures for a study without accuracy rows
+    assert not (path.parent / "rate-sweep-map.png").exists()
+
+
+def test_rates_are_prefixes_of_one_ranking_and_fold_shrinks_macs(study):
+    doc = load_study(study[0])
+    m = doc["models"][0]
+    for method, plans in m["plans"].items():
+        small, large = plans["0.02"]["layers"], plans["0.05"]["layers"]
+        assert large[:len(small)] == small and len(large) > len(small)
+    base = next(v for v in m["variants"] if v["id"] == "baseline")
+    for v in m["variants"]:
+        assert v["onnx_max_rel_error_vs_torch"] < 1e-4
+        assert v["params"] == base["params"] and v["macs"] == base["macs"]  # zeroing changes no dense count
+        if v["id"] != "baseline":
+            assert v["effective_macs"] < base["effective_macs"]
+
+
+def test_report_numbers_are_the_json_numbers(study):
+    path, _ = study
+    doc = load_study(path)
+    md = (path.parent / "report.md").read_text()
+    assert doc["environment"]["cpu"] in md and "`pytest tiny study`" in md
+    for backend, title in (("torch", "Table 2 — PyTorch"), ("onnxruntime", "Table 2 — ONNX Runtime")):
+        table = _table_rows(md, title)
+        rows = [r for r in doc["rows"] if r["backend"] == backend]
+        assert len(table) == len(rows)
+        for cells in table:
+            method = cells[1].replace(" †", "")
+            rate = 0.0 if cells[2] == DASH else float(cells[2].rstrip("%")) / 100
+            r = next(r for r in rows if r["method"] == method and abs(r["rate"] - rate) < 1e-9)
+            assert _num(cells[6]) == pytest.approx(r["fps"], abs=0.005)
+            assert cells[8] == DASH if r["dfps_pct"] is None else _num(cells[8]) == pytest.approx(r["dfps_pct"], abs=0.0501)
+            assert _num(cells[10]) == r["params"]
+            assert _num(cells[11]) == pytest.approx(r["macs"] / 1e9, abs=5e-4)
+            assert _num(cells[12]) == pytest.approx(r["effective_macs"] / 1e9, abs=5e-4)
+    # the peer section is there, from the same ONNX Runtime run
+    peer = doc["peer"]
+    assert peer["available"] and peer["export"]["exporter"] == "ultralytics"
+    assert peer["decoded_max_rel_error_vs_torch"] < 1e-4
+    assert f"{peer['fps']:.2f} FPS" in md
+    bench = read_results(path.parent / doc["models"][0]["bench_files"]["onnxruntime"])
+    assert any(r.get("variant") == "peer-ultralytics" for r in bench["rows"])
+    assert len(_table_rows(md, "Peer")) == len(peer["comparisons"]) == 4
+
+
+def test_report_accuracy_columns_come_from_the_json(study):
+    """The same renderer with accuracy rows: made-up mAPs go into the JSON and come out in the tables."""
+    doc = copy.deepcopy(load_study(study[0]))
+    doc["models"][0]["accuracy"] = True
+    for i, r in enumerate(doc["rows"]):
+        r.update(accuracy=True, map=0.5 - 0.01 * i, map50=0.7 - 0.01 * i, map_source="torch",
+                 dmap_pct=None if r["method"] == "baseline" else -1.25 * i)
+    md = render(doc, {})
+    table = _table_rows(md, "Table 2 — PyTorch")
+    for cells, r in zip(table, [r for r in doc["rows"] if r["backend"] == "torch"]):
+        assert cells[0] == "yolov8n"
+        assert _num(cells[4]) == pytest.approx(r["map"], abs=5e-5)
+        assert _num(cells[5]) == pytest.approx(r["map50"], abs=5e-5)
+        assert cells[7] == DASH if r["dmap_pct"] is None else _num(cells[7]) == pytest.approx(r["dmap_pct"], abs=0.0501)
+
+
+def test_prefix_plans_equal_independent_plans():
+    from xprune.importance.scores import score_layers
+    from xprune.models import build_detector
+    from xprune.prune.plan import plan_pruning
+
+    det = build_detector("yolov8n", "none", num_classes=6, input_size=64)
+    scores = score_layers(det, "l1")
+    plans = prefix_plans(det, scores, (0.05, 0.10), "safe")
+    assert plans[0.05] == plan_pruning(det, scores, 0.05, "safe")
+    assert plans[0.10] == plan_pruning(det, scores, 0.10, "safe")
+    assert "infeasible" in prefix_plans(det, scores, (0.99,), "safe")[0.99]
+
+
+def test_ultralytics_output_adapter():
+    from xprune.study.peer import decode_ultralytics
+    y = np.zeros((1, 4 + 3, 2), np.float32)
+    y[0, :4, 0] = [10, 20, 4, 6]  # cx, cy, w, h
+    y[0, 4:, 0] = [0.1, 0.9, 0.2]
+    boxes, scores = decode_ultralytics(y)
+    assert boxes.shape == (1, 2, 4) and scores.shape == (1, 2, 3)
+    assert torch.allclose(boxes[0, 0], torch.tensor([8.0, 17.0, 12.0, 23.0]))
+    assert torch.allclose(scores[0, 0], torch.tensor([0.1, 0.9, 0.2]))
+
+
+def test_small_helpers():
+    assert pct_change(0.9, 1.0) == pytest.approx(-10.0) and pct_change(1.0, 0.0) is None
+    assert ratio_summary(paired_ratios([2.0, 4.0, 6.0], [2.0, 2.0, 2.0]))["median"] == 2.0
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_settings_are_checked(tmp_path):
+    from xprune.errors import XpruneError
+    with pytest.raises(XpruneError, match="unknown criterion"):
+        StudySettings(out=tmp_path, criteria=("nope",)).validate()
+    with pytest.raises(XpruneError, match="rate"):
+        StudySettings(out=tmp_path, rates=(1.5,)).validate()
+    with pytest.raises(XpruneError, match="unknown model"):
+        StudySettings(out=tmp_path, models=["resnet"]).validate()
+
+
+def test_study_json_is_plain_json(study):
+    text = study[0].read_text()
+    assert not re.search(r"\bNaN\b|\bInfinity\b", text)
+    json.loads(text)

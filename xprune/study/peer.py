@@ -1,0 +1,143 @@
+"""The peer row: the same YOLOv8 weights exported by Ultralytics' own ONNX exporter, run through one adapter so its
+accuracy goes through xprune's shared post-process.
+
+Ultralytics exports a detection model as one output `[1, 4 + C, N]`: boxes as (cx, cy, w, h) in input pixels, then
+per-class sigmoid scores. `decode_ultralytics` turns that into xprune's raw-head convention (boxes xyxy `[1, N, 4]`,
+scores `[1, N, C]`) and `UltralyticsOnnxRunner.predict` hands it to `xprune.models.detector.postprocess`, the NMS
+every other backend uses, so an mAP difference between the peer and xprune's export is the graph's, not the
+plumbing's. Timing (`infer`) is the bare ONNX Runtime call, exactly as for xprune's own ONNX files; the decode is
+outside the timed region for the peer, while xprune's graph carries its transpose and xywh->xyxy inside.
+
+The export goes through Ultralytics' public API on a checkpoint in Ultralytics' own format:
+`YOLO(ckpt).export(format="onnx", imgsz=S, device="cpu")` with every other argument at Ultralytics' defaults (opset
+`best_onnx_opset`, `simplify=True`, i.e. onnxslim when it is installed, static batch 1). xprune's reference
+checkpoints are in xprune's format (a state dict); `ultralytics_checkpoint` rebuilds the DetectionModel from the
+detector and wraps it the way Ultralytics' trainer saves one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.metadata
+import io
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from xprune.errors import XpruneError
+from xprune.files import atomic_path, file_sha256
+from xprune.models.detector import Detector, postprocess, xywh_to_xyxy
+from xprune.runtime.backends import OnnxRuntimeRunner
+
+
+def ultralytics_version() -> str | None:
+    try:
+        return importlib.metadata.version("ultralytics")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_yolo(detector: Detector) -> bool:
+    return detector.family.startswith("yolov8")
+
+
+def ultralytics_checkpoint(detector: Detector, path: str | Path, class_names: list[str] | None = None) -> Path:
+    """Write the detector's Ultralytics DetectionModel as an Ultralytics checkpoint (float32, the trainer's keys
+    that `ultralytics.nn.tasks.load_checkpoint` reads)."""
+    if not is_yolo(detector):
+        raise XpruneError(f"the Ultralytics peer export needs a YOLOv8 model, not {detector.family}")
+    model = copy.deepcopy(detector.model).float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = class_names or [str(i) for i in range(detector.num_classes)]
+    setattr(model, "names", dict(enumerate(names)))  # what Ultralytics' exporter writes into the metadata
+    path = Path(path)
+    ckpt = {"model": model, "train_args": {"imgsz": detector.input_size, "task": "detect"},
+            "version": ultralytics_version()}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def export_ultralytics_onnx(detector: Detector, out: str | Path, class_names: list[str] | None = None) -> dict:
+    """Export with Ultralytics' own exporter at the detector's input size and Ultralytics' defaults otherwise.
+    Returns what the study records about the file (settings used, nodes, MACs, hash)."""
+    from xprune.export.fold import count_macs
+    from xprune.models.yolo import quiet_ultralytics_env
+
+    quiet_ultralytics_env()
+    try:
+        from ultralytics import YOLO
+        from ultralytics.cfg import get_cfg
+    except ImportError as e:  # pragma: no cover - ultralytics is a dependency
+        raise XpruneError(f"the peer export needs ultralytics: {e}") from None
+    defaults = get_cfg()
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="xprune-peer-") as tmp:
+        ckpt = ultralytics_checkpoint(detector, Path(tmp) / f"{detector.family}.pt", class_names)
+        sink = io.StringIO()
+        ul_logger = logging.getLogger("ultralytics")
+        level = ul_logger.level
+        ul_logger.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exported = YOLO(str(ckpt), task="detect").export(format="onnx", imgsz=detector.input_size,
+                                                                 device="cpu")
+        except Exception as e:  # Ultralytics raises assorted types; the message is what the user needs
+            tail = sink.getvalue().strip().splitlines()[-1:]
+            raise XpruneError(f"Ultralytics' ONNX export failed: {type(e).__name__}: {str(e)[:300]} {tail}") from None
+        finally:
+            ul_logger.setLevel(level)
+        if not exported or not Path(exported).is_file():
+            raise XpruneError("Ultralytics' ONNX export produced no file")
+        with atomic_path(out) as dst:
+            shutil.copyfile(exported, dst)
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        import onnxslim
+        slim_version = onnxslim.__version__
+    except ImportError:
+        slim_version = None
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    out_shape = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    return {"exporter": "ultralytics", "ultralytics": ultralytics_version(), "call":
+            f"YOLO(ckpt).export(format='onnx', imgsz={detector.input_size}, device='cpu')",
+            "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+            "opset_setting": defaults.opset, "simplify": bool(defaults.simplify), "onnxslim": slim_version,
+            "dynamic": bool(defaults.dynamic), "quantize": getattr(defaults, "quantize", None), "input_shape": shape,
+            "output_shape": out_shape, "nodes": len(model.graph.node), "macs": count_macs(model),
+            "params": int(sum(int(np.prod(t.dims)) for t in model.graph.initializer)),
+            "sha256": file_sha256(out), "file": out.name, "ultralytics_metadata_args": meta.get("args")}
+
+
+def decode_ultralytics(output: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, 4 + C, N] (cx, cy, w, h, class scores) -> (boxes xyxy [B, N, 4], scores [B, N, C])."""
+    y = torch.as_tensor(np.asarray(output)).float()
+    if y.dim() != 3 or y.shape[1] < 5:
+        raise XpruneError(f"expected an Ultralytics detection output [B, 4 + C, N], got {list(y.shape)}")
+    boxes = xywh_to_xyxy(y[:, :4].transpose(1, 2))
+    scores = y[:, 4:].transpose(1, 2)
+    return boxes, scores
+
+
+class UltralyticsOnnxRunner(OnnxRuntimeRunner):
+    """ONNX Runtime over an Ultralytics export; `predict` adapts its output to the shared post-process."""
+
+    def __init__(self, model: str | Path, threads: int | None = None, nms_iou: float | None = None):
+        super().__init__(model, device="cpu", threads=threads, spinning=False, nms_iou=nms_iou)
+
+    def raw(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_ultralytics(self.infer(x)[0])
+
+    def predict(self, x: torch.Tensor) -> list[dict]:
+        boxes, scores = self.raw(x.numpy())
+        return postprocess(boxes, scores, iou=self.nms_iou)
