@@ -321,14 +321,34 @@ def append_summary(path: str | Path, markdown: str) -> None:
         raise XpruneError(f"cannot write the summary to {path}: {e.strerror or e}") from None
 
 
-def run_gate(baseline: str | Path, current: str | Path, *, max_regression: float = 0.05, confidence: float = 0.95,
+def split_interleaved(doc: dict, where: str = "results file") -> tuple[dict, dict]:
+    """A run of `xprune bench CANDIDATE --baseline BASELINE --interleave` as (baseline doc, current doc): the
+    candidate row takes the baseline row's key so the two are paired, whatever their files are called."""
+    base = [r for r in doc["rows"] if r.get("role") == "baseline"]
+    cands = [r for r in doc["rows"] if r.get("role") == "candidate"]
+    if len(base) != 1 or len(cands) != 1:
+        raise XpruneError(f"{where} is not one baseline and one candidate measured together "
+                          "(record it with `xprune bench CANDIDATE --baseline BASELINE --interleave`)")
+    if not doc.get("protocol", {}).get("interleaved"):
+        raise XpruneError(f"{where} was not measured interleaved")
+    paired = {**cands[0], **{k: base[0].get(k) for k in ROW_KEY}}
+    return {**doc, "rows": base}, {**doc, "rows": [paired]}
+
+
+def run_gate(baseline: str | Path | None, current: str | Path | None, *, interleaved: str | Path | None = None, max_regression: float = 0.05, confidence: float = 0.95,
              resamples: int = 2000, seed: int = 0, relative: Relative | str = "auto",
              summary: str | Path | None = None, verdict_path: str | Path | None = None,
              log: Callable[[str], None] = print) -> int:
     """`xprune gate`: read both files, judge, print one line per row and the decision, append the markdown to
     `summary`, write the JSON verdict atomically to `verdict_path`; returns the exit code (0 pass, 1 regression).
     Unusable input raises XpruneError (exit 2 in the CLI)."""
-    verdict = gate(read_results(baseline), read_results(current), max_regression=max_regression,
+    if interleaved is not None:
+        base_doc, current_doc = split_interleaved(read_results(interleaved), str(interleaved))
+    elif baseline is None or current is None:
+        raise XpruneError("give --baseline and --current files, or one --interleaved run")
+    else:
+        base_doc, current_doc = read_results(baseline), read_results(current)
+    verdict = gate(base_doc, current_doc, max_regression=max_regression,
                    confidence=confidence, resamples=resamples, seed=seed, relative=parse_relative(relative))
     for r in verdict.rows:
         log(f"{r.decision.upper():<12} {r.ratio:6.3f}x  [{r.ci_low:.3f}, {r.ci_high:.3f}]  {r.mode:<8}  {r.label}")

@@ -14,6 +14,11 @@ from xprune.errors import XpruneError
 from xprune.models.detector import Detector, RawHeads
 
 
+def _fixed_image(shape: tuple[int, ...]) -> dict:
+    # ptflops' default input is uninitialized memory; two-stage detectors then count whatever proposals garbage gives.
+    return {"x": torch.rand(1, *shape, generator=torch.Generator().manual_seed(0))}
+
+
 def complexity(detector: Detector) -> dict:
     """{'params', 'macs', 'conv_macs': {layer: MACs}} for one image at the detector's input size."""
     names = {id(m): n for n, m in detector.model.named_modules() if isinstance(m, nn.Conv2d)}
@@ -31,7 +36,7 @@ def complexity(detector: Detector) -> dict:
     with torch.no_grad(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         macs, params = get_model_complexity_info(
             RawHeads(detector), (3, size, size), as_strings=False, print_per_layer_stat=False,
-            backend="pytorch", custom_modules_hooks={nn.Conv2d: conv_hook})
+            backend="pytorch", custom_modules_hooks={nn.Conv2d: conv_hook}, input_constructor=_fixed_image)
     if macs is None:
         raise XpruneError(f"ptflops could not count {detector.family}: {log.getvalue().strip().splitlines()[-1:]}")
     return {"params": int(params), "macs": int(macs), "conv_macs": per_layer}

@@ -83,6 +83,8 @@ class FasterRCNNDetector(TorchvisionDetector):
         features = m.backbone(images.tensors)
         proposals, _ = m.rpn(images, features)
         rh = m.roi_heads
+        if sum(p.shape[0] for p in proposals) == 0:  # nothing survived the RPN (e.g. a heavily pruned model)
+            return (x.new_zeros((x.shape[0], 0, self.num_classes, 4)), x.new_zeros((x.shape[0], 0, self.num_classes)))
         box_features = rh.box_head(rh.box_roi_pool(features, proposals, images.image_sizes))
         class_logits, box_regression = rh.box_predictor(box_features)
         boxes = rh.box_coder.decode(box_regression, proposals).clamp(0, float(self.input_size))
