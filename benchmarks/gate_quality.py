@@ -89,9 +89,11 @@ def measure_run(name: str, model: bytes, macs: int, shape, x, protocol: LatencyP
 
 def measure_pair(models: dict, x, protocol: LatencyProtocol, threads: int) -> dict:
     """A and B interleaved in one process, reference after each: the best estimate of the true slowdown."""
-    with OnnxRuntimeRunner(models["A"], threads=threads) as a, OnnxRuntimeRunner(models["B"], threads=threads) as b, \
-            ReferenceWorkload(threads) as ref:
-        out = measure_interleaved({"A": lambda: a.infer(x), "B": lambda: b.infer(x)}, protocol, reference=ref.run)
+    with OnnxRuntimeRunner(models["A"], threads=threads) as a, OnnxRuntimeRunner(models["A"], threads=threads) as a2, \
+            OnnxRuntimeRunner(models["B"], threads=threads) as b, ReferenceWorkload(threads) as ref:
+        # A2 is a second session of A: the A/A control of the interleaved mode
+        out = measure_interleaved({"A": lambda: a.infer(x), "A2": lambda: a2.infer(x), "B": lambda: b.infer(x)},
+                                  protocol, reference=ref.run)
     per_round = [tb / ta for ta, tb in zip(out["A"], out["B"])]
     rel = [(tb / rb) / (ta / ra) for ta, tb, ra, rb in zip(out["A"], out["B"], out["A" + REFERENCE_SUFFIX],
                                                            out["B" + REFERENCE_SUFFIX])]
@@ -171,21 +173,8 @@ def render_markdown(doc: dict) -> str:
         f"{sd['separate_runs_median']:.4f} absolute, {sd['separate_runs_relative_median']:.4f} relative."
         + ("" if 1.07 <= sd["interleaved_paired_median"] <= 1.13 else
            " **Not ~10 %: the detection rate below is for this slowdown, not for 10 %.**"), "",
-        "| mode | false alarms (A/A) | detection (A/B) | inconclusive A/A, A/B | sd of log ratio, A/A | "
-        "A/A ratio p5-p95 | A/B ratio p5-p95 |",
-        "|---|---|---|---|---:|---|---|"]
-    for mode in MODES:
-        m = a[mode]
-        fa, de = m["false_alarm"], m["detection"]
-        qa, qb = m["aa_ratio_quantiles"], m["ab_ratio_quantiles"]
-        lines.append(f"| {mode} | {fa['count']}/{fa['n']} = {100 * fa['rate']:.1f}% "
-                     f"[{100 * fa['wilson95'][0]:.1f}, {100 * fa['wilson95'][1]:.1f}] "
-                     f"| {de['count']}/{de['n']} = {100 * de['rate']:.1f}% "
-                     f"[{100 * de['wilson95'][0]:.1f}, {100 * de['wilson95'][1]:.1f}] "
-                     f"| {m['inconclusive_aa']}, {m['inconclusive_ab']} "
-                     f"| {100 * (m['aa_log_ratio_sd'] or 0):.2f}% "
-                     f"| {qa.get('p5', float('nan')):.3f}-{qa.get('p95', float('nan')):.3f} "
-                     f"| {qb.get('p5', float('nan')):.3f}-{qb.get('p95', float('nan')):.3f} |")
+        "## Baseline and candidate measured in separate runs (`xprune bench` twice, then `xprune gate`)", "",
+        *_rates_table(a), ""]
     cp = a["contended_pairs"]
     lines += ["", "Rates with Wilson 95 % intervals in brackets. Targets: false alarms <= 5 % (aim 1 %), "
               "detection >= 95 %.", "",
@@ -202,9 +191,33 @@ def render_markdown(doc: dict) -> str:
             cells.append(f"{r['false_alarm']['count']}/{r['false_alarm']['n']} / "
                          f"{r['detection']['count']}/{r['detection']['n']}")
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    if "analysis_interleaved" in doc:
+        lines += ["", "## Baseline and candidate interleaved in one run "
+                  "(`xprune bench CANDIDATE --baseline BASELINE --interleave`, then `xprune gate --interleaved`)", "",
+                  "The same repetitions; in each, A, a second session of A and B were timed round by round in one "
+                  "process. A/A = A vs its second session, A/B = A vs B, judged by the same gate.", "",
+                  *_rates_table(doc["analysis_interleaved"])]
     lines += ["", "A sd of log ratio s on A/A pairs predicts, for the gate's rule at m = 0.05, about "
               "P(z > 0.05/s) false alarms and as many misses of a 10 % slowdown (gate.py's docstring).", ""]
     return "\n".join(lines)
+
+
+def _rates_table(a: dict) -> list[str]:
+    lines = ["| mode | false alarms (A/A) | detection (A/B) | inconclusive A/A, A/B | sd of log ratio, A/A | "
+             "A/A ratio p5-p95 | A/B ratio p5-p95 |", "|---|---|---|---|---:|---|---|"]
+    for mode in MODES:
+        m = a[mode]
+        fa, de = m["false_alarm"], m["detection"]
+        qa, qb = m["aa_ratio_quantiles"], m["ab_ratio_quantiles"]
+        lines.append(f"| {mode} | {fa['count']}/{fa['n']} = {100 * fa['rate']:.1f}% "
+                     f"[{100 * fa['wilson95'][0]:.1f}, {100 * fa['wilson95'][1]:.1f}] "
+                     f"| {de['count']}/{de['n']} = {100 * de['rate']:.1f}% "
+                     f"[{100 * de['wilson95'][0]:.1f}, {100 * de['wilson95'][1]:.1f}] "
+                     f"| {m['inconclusive_aa']}, {m['inconclusive_ab']} "
+                     f"| {100 * (m['aa_log_ratio_sd'] or 0):.2f}% "
+                     f"| {qa.get('p5', float('nan')):.3f}-{qa.get('p95', float('nan')):.3f} "
+                     f"| {qb.get('p5', float('nan')):.3f}-{qb.get('p95', float('nan')):.3f} |")
+    return lines
 
 
 def _fmt(r: dict) -> str:
@@ -283,6 +296,20 @@ def main(argv: list[str] | None = None) -> int:
             pairs.append({"kind": kind, "baseline_rep": i, "current_rep": j,
                           **judge(reps[i]["A_baseline"], reps[j][cur])})
 
+    # The interleaved mode (`xprune bench CANDIDATE --baseline BASELINE --interleave`): baseline and candidate
+    # from the same run of one process, A vs a second session of A (A/A) and A vs B (A/B).
+    interleaved_pairs = []
+    for i, rep in enumerate(reps):
+        smp = rep["interleaved"]["samples_ms"]
+
+        def one(name: str, key: str) -> dict:
+            return new_results([_row(name, macs[name], shape, smp[key], smp[key + REFERENCE_SUFFIX], args.threads)],
+                               {"see": "the environment at the top of gate_quality.json"},
+                               protocol={**protocol.__dict__, "interleave": True, "reference_workload": ref_desc})
+        for kind, key in (("A/A", "A2"), ("A/B", "B")):
+            interleaved_pairs.append({"kind": kind, "baseline_rep": i, "current_rep": i,
+                                      **judge(one("A", "A"), one(key[0], key))})
+
     inter = [r["interleaved"]["paired_ratio_median"] for r in reps]
 
     def run_ratio(rel: bool) -> list[float]:
@@ -308,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                         "threads": args.threads, "protocol": protocol.__dict__, "net": NET, "macs": macs,
                         "input_shape": list(shape), "reference_workload": ref_desc,
                         "max_regression": MAX_REGRESSION, "confidence": CONFIDENCE, "resamples": RESAMPLES},
-           "analysis": analyse(pairs, slowdown), "pairs": pairs, "repetitions": reps}
+           "analysis": analyse(pairs, slowdown), "pairs": pairs,
+           "analysis_interleaved": analyse(interleaved_pairs, slowdown), "interleaved_pairs": interleaved_pairs,
+           "repetitions": reps}
     doc["wall_s"] = time.perf_counter() - t_start
     # compact: ~2,400 raw samples per 10 repetitions would otherwise take a line each
     write_with(out, lambda tmp: tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n"))
