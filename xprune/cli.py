@@ -229,7 +229,14 @@ def cmd_bench(args) -> None:
     paths = list(args.targets) + list(args.engine or [])
     if not paths:
         raise XpruneError("nothing to benchmark: pass .onnx / .engine / .pt files (or --engine FILE)")
+    if args.baseline:
+        if len(paths) != 1:
+            raise XpruneError("--baseline compares one candidate with it: give exactly one target")
+        paths = [args.baseline] + paths
+        args.interleave = True  # the point of measuring both in one run
     targets = [open_target(p, args.device, args.model, args.threads, args.fp16) for p in paths]
+    if args.baseline:
+        targets[0].info["role"], targets[1].info["role"] = "baseline", "candidate"
     protocol = LatencyProtocol(warmup_runs=args.warmup_runs, runs=args.runs, min_s=args.min_seconds)
     settings = BenchSettings(protocol=protocol, interleave=args.interleave, reference_workload=args.reference_workload,
                              data=Path(args.data) if args.data else None, val_images=args.val_images,
@@ -255,7 +262,7 @@ def cmd_gate(args) -> int:
     from xprune.bench.gate import parse_relative, run_gate
     if not 0.0 <= args.max_regression < 1.0:
         raise XpruneError(f"--max-regression must be in [0, 1), got {args.max_regression}")
-    return run_gate(args.baseline, args.current, max_regression=args.max_regression, confidence=args.confidence,
+    return run_gate(args.baseline, args.current, interleaved=args.interleaved, max_regression=args.max_regression, confidence=args.confidence,
                     resamples=args.resamples, seed=args.seed, relative=parse_relative(args.relative),
                     summary=args.summary, verdict_path=args.verdict)
 
@@ -384,13 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-runs", type=_positive_int, default=10)
     p.add_argument("--min-seconds", type=float, default=3.0)
     p.add_argument("--interleave", action="store_true", help="time the targets round by round in one process")
+    p.add_argument("--baseline", default=None, metavar="FILE",
+                   help="time this baseline and the one target interleaved, for `xprune gate --interleaved`")
     p.add_argument("--reference-workload", action="store_true",
                    help="also time a fixed workload after each sample, for drift-robust (relative) comparisons")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("gate", help="CI latency gate: compare two results files; exit 0 pass, 1 regression, 2 unusable")
-    p.add_argument("--baseline", required=True)
-    p.add_argument("--current", required=True)
+    p.add_argument("--baseline", default=None, help="results file of the baseline")
+    p.add_argument("--current", default=None, help="results file of the candidate")
+    p.add_argument("--interleaved", default=None, metavar="FILE",
+                   help="instead: one `xprune bench CANDIDATE --baseline BASELINE` run (most robust on noisy machines)")
     p.add_argument("--max-regression", type=float, default=0.05, help="allowed slowdown of the median (0.05 = 5%%)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--resamples", type=_positive_int, default=2000)

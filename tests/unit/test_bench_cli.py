@@ -98,3 +98,19 @@ def test_compare_onnx_against_pytorch(tiny, capsys):
     code, out, _ = run_cli(["compare", str(tiny / "y.pt"), str(tiny / "y.onnx"), "--model", "yolov8n",
                          "--inputs", "2"], capsys)
     assert code == 0 and "agree" in out
+
+
+def test_interleaved_baseline_and_candidate_then_gate(tiny, tmp_path, capsys):
+    run = tmp_path / "run.json"
+    assert main(["bench", str(tiny / "y.onnx"), "--baseline", str(tiny / "y.onnx"), "--out", str(run), *FAST]) == 0
+    doc = json.loads(run.read_text())
+    assert [r["role"] for r in doc["rows"]] == ["baseline", "candidate"] and doc["protocol"]["interleaved"]
+    code, out, _ = run_cli(["gate", "--interleaved", str(run)], capsys)
+    assert code in (0, 1) and "gate:" in out
+    separate = tmp_path / "separate.json"
+    assert main(["bench", str(tiny / "y.onnx"), "--out", str(separate), *FAST]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli(["gate", "--interleaved", str(separate)], capsys)
+    assert code == 2 and "--baseline BASELINE" in one_line_error(err)
+    code, _, err = run_cli(["gate", "--baseline", str(separate)], capsys)
+    assert code == 2 and "--current" in one_line_error(err)
