@@ -1,0 +1,131 @@
+"""Commands of the measuring stage: bench, gate, compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from xprune.cli.common import positive_int
+from xprune.errors import XpruneError
+
+
+def cmd_bench(args) -> None:
+    from xprune.bench.latency import LatencyProtocol
+    from xprune.bench.results import write_results
+    from xprune.bench.run import BenchSettings, bench, open_target
+    if args.data and not Path(args.data).is_dir():
+        raise XpruneError(f"dataset folder not found: {args.data}")
+    paths = list(args.targets) + list(args.engine or [])
+    if not paths:
+        raise XpruneError("nothing to benchmark: pass .onnx / .engine / .pt files (or --engine FILE)")
+    if args.baseline:
+        if len(paths) != 1:
+            raise XpruneError("--baseline compares one candidate with it: give exactly one target")
+        paths = [args.baseline] + paths
+        args.interleave = True  # the point of measuring both in one run
+    targets = [open_target(p, args.device, args.model, args.threads, args.fp16) for p in paths]
+    if args.baseline:
+        targets[0].info["role"], targets[1].info["role"] = "baseline", "candidate"
+    protocol = LatencyProtocol(warmup_runs=args.warmup_runs, runs=args.runs, min_s=args.min_seconds)
+    settings = BenchSettings(protocol=protocol, interleave=args.interleave, reference_workload=args.reference_workload,
+                             data=Path(args.data) if args.data else None, val_images=args.val_images,
+                             threads=args.threads)
+    doc = bench(targets, settings, command=" ".join(["xprune", *sys.argv[1:]]),
+                log=lambda m: print(m, file=sys.stderr))
+    write_results(args.out, doc)
+    print(format_bench_table(doc["rows"]))
+    print(f"results: {args.out}")
+
+
+def format_bench_table(rows: list[dict]) -> str:
+    head = f"{'model':<18}{'variant':<10}{'method':<8}{'engine':<13}{'prec':<6}{'median ms':>10}{'p90':>9}{'p99':>9}{'mAP':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        m = f"{r['map']:>8.4f}" if r.get("map") is not None else f"{'-':>8}"
+        lines.append(f"{r['model']:<18}{r.get('variant') or '-':<10}{r.get('method') or '-':<8}{r['engine']:<13}"
+                     f"{r['precision']:<6}{r['median_ms']:>10.3f}{r['p90_ms']:>9.3f}{r['p99_ms']:>9.3f}{m}")
+    return "\n".join(lines)
+
+
+def cmd_gate(args) -> int:
+    from xprune.bench.gate import parse_relative, run_gate
+    if not 0.0 <= args.max_regression < 1.0:
+        raise XpruneError(f"--max-regression must be in [0, 1), got {args.max_regression}")
+    return run_gate(args.baseline, args.current, interleaved=args.interleaved, max_regression=args.max_regression, confidence=args.confidence,
+                    resamples=args.resamples, seed=args.seed, relative=parse_relative(args.relative),
+                    summary=args.summary, verdict_path=args.verdict)
+
+
+def cmd_compare(args) -> None:
+    from xprune.bench.run import open_target
+    from xprune.runtime.compare import compare_outputs
+    import numpy as np
+    a, b = open_target(args.a, args.device, args.model), open_target(args.b, args.device, args.model)
+    if a.info["input_shape"] != b.info["input_shape"]:
+        raise XpruneError(f"input shapes differ: {a.info['input_shape']} vs {b.info['input_shape']}")
+    precision = args.precision or b.runner.precision
+    rng = np.random.default_rng(args.seed)
+    worst = None
+    with a.runner, b.runner:
+        for i in range(args.inputs):
+            x = rng.random(a.info["input_shape"], dtype=np.float32)
+            result = compare_outputs(a.runner.infer(x), b.runner.infer(x), precision)
+            if worst is None or not result["passed"]:
+                worst = result
+            if not result["passed"]:
+                break
+    print(json.dumps(worst, indent=2))
+    if not worst["passed"]:
+        print(f"outputs differ beyond the {precision} tolerances", file=sys.stderr)
+        return 1
+    print(f"outputs agree within the {precision} tolerances on {args.inputs} random inputs")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("bench", help="latency (and mAP with --data) of .onnx / .engine / .pt targets; results JSON")
+    p.add_argument("targets", nargs="*", help=".onnx (ONNX Runtime), .engine/.plan (TensorRT), .pt (PyTorch, needs --model)")
+    p.add_argument("--engine", action="append", default=None, metavar="FILE", help="another target (repeatable)")
+    p.add_argument("--out", required=True, help="results JSON (raw samples + environment)")
+    p.add_argument("--model", default=None, help="family of .pt targets")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--fp16", action="store_true", help="PyTorch targets on CUDA in fp16")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--data", default=None, help="COCO-format dataset folder: also measure mAP")
+    p.add_argument("--val-images", type=positive_int, default=None)
+    p.add_argument("--runs", type=positive_int, default=100)
+    p.add_argument("--warmup-runs", type=positive_int, default=10)
+    p.add_argument("--min-seconds", type=float, default=3.0)
+    p.add_argument("--interleave", action="store_true", help="time the targets round by round in one process")
+    p.add_argument("--baseline", default=None, metavar="FILE",
+                   help="time this baseline and the one target interleaved, for `xprune gate --interleaved`")
+    p.add_argument("--reference-workload", action="store_true",
+                   help="also time a fixed workload after each sample, for drift-robust (relative) comparisons")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("gate", help="CI latency gate: compare two results files; exit 0 pass, 1 regression, 2 unusable")
+    p.add_argument("--baseline", default=None, help="results file of the baseline")
+    p.add_argument("--current", default=None, help="results file of the candidate")
+    p.add_argument("--interleaved", default=None, metavar="FILE",
+                   help="instead: one `xprune bench CANDIDATE --baseline BASELINE` run (most robust on noisy machines)")
+    p.add_argument("--max-regression", type=float, default=0.05, help="allowed slowdown of the median (0.05 = 5%%)")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--resamples", type=positive_int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relative", choices=["auto", "on", "off"], default="auto",
+                   help="compare latency relative to the reference workload (auto: when both files have it)")
+    p.add_argument("--summary", default=None, help="append the markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
+    p.add_argument("--verdict", default=None, help="write the JSON verdict here")
+    p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("compare", help="check two backends' raw outputs agree within per-precision tolerances")
+    p.add_argument("a", help=".onnx / .engine / .pt")
+    p.add_argument("b", help=".onnx / .engine / .pt")
+    p.add_argument("--model", default=None, help="family of .pt targets")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                   help="tolerances to apply (default: B's precision)")
+    p.add_argument("--inputs", type=positive_int, default=4, help="random inputs to compare on")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,154 @@
+"""Commands of the scoring and pruning stages: models, data synth, score, prune, evaluate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from xprune.cli.common import Parser, classes_from_data, load_detector, model_args, positive_int
+from xprune.errors import XpruneError
+
+
+def cmd_models(args) -> None:
+    from xprune.models.zoo import FAMILIES
+    for f in FAMILIES.values():
+        print(f"{f.name:<20} {f.default_size:>4}  {f.about}")
+
+
+def cmd_data_synth(args) -> None:
+    from xprune.data.synth import SynthConfig, generate
+    cfg = SynthConfig(image_size=args.image_size, train=args.train, val=args.val, calib=args.calib, seed=args.seed)
+    out = generate(args.out, cfg, overwrite=args.overwrite)
+    print(f"synthetic dataset: {out} (train {cfg.train}, val {cfg.val}, calib {cfg.calib} images)")
+
+
+def cmd_score(args) -> None:
+    from xprune.data.coco import calibration_set
+    from xprune.importance.criteria import CRITERIA
+    from xprune.importance.scores import score_layers, write_scores
+    if args.method not in CRITERIA:
+        raise XpruneError(f"unknown scoring method '{args.method}'; choose one of: {', '.join(CRITERIA)}")
+    needs_data = CRITERIA[args.method][1]
+    if needs_data and not args.data:
+        raise XpruneError(f"method '{args.method}' needs calibration data: pass --data DIR")
+    det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
+    calib = calibration_set(args.data, det.input_size, args.calib_images) if needs_data else None
+    doc = score_layers(det, args.method, calib, batch_size=args.batch_size, progress=True, seed=args.seed,
+                       weights=args.weights)
+    write_scores(args.out, doc)
+    lowest = sorted(doc["layers"], key=lambda e: e["rank"])[:5]
+    print(f"scored {len(doc['layers'])} conv layers with {args.method} -> {args.out}")
+    print("least important: " + ", ".join(e["layer"] for e in lowest))
+
+
+def cmd_prune(args) -> None:
+    from xprune.files import write_json
+    from xprune.importance.scores import read_scores
+    from xprune.models import save_checkpoint
+    from xprune.prune.plan import apply_plan, check_rate, plan_pruning
+    if args.max_map_drop is not None and args.rate is not None:
+        raise XpruneError("--rate and --max-map-drop are exclusive: give one")
+    if args.max_map_drop is None:
+        check_rate(0.05 if args.rate is None else args.rate)
+    scores = read_scores(args.scores)
+    det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
+    if args.max_map_drop is not None:
+        plan = _budget_plan(args, det, scores)
+    else:
+        plan = plan_pruning(det, scores, 0.05 if args.rate is None else args.rate, args.candidates)
+    apply_plan(det, plan)
+    plan_path = args.plan or str(Path(args.out).with_suffix(".plan.json"))
+    plan["weights"] = args.weights
+    save_checkpoint(det, args.out, meta={"pruning": plan})
+    write_json(plan_path, plan)
+    for e in plan["selected"]:
+        print(f"zeroed {e['layer']:<40} score {e['score']:.4g}  ({e['reason']})")
+    for e in plan["skipped"]:
+        print(f"kept   {e['layer']:<40} score {e['score']:.4g}  ({e['reason']})")
+    print(f"{len(plan['selected'])} of {plan['candidates']} candidate layers zeroed -> {args.out}, plan {plan_path}")
+
+
+def _budget_plan(args, det, scores: dict) -> dict:
+    """The largest safe rate whose mAP drop on held-out calibration images stays within --max-map-drop."""
+    from xprune.evaluate.coco_map import evaluate_map
+    from xprune.files import write_json
+    from xprune.prune.budget import check_max_map_drop, held_out_split, scored_calib_images, search_rate
+    check_max_map_drop(args.max_map_drop)
+    if not args.data:
+        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
+    held = held_out_split(args.data, det.input_size, args.held_out_images, skip=scored_calib_images(scores, args.data))
+    report = search_rate(det, scores, lambda d: evaluate_map(d, held)["map"], args.max_map_drop, args.candidates,
+                         max_rate=args.max_rate, log=lambda m: print(m, file=sys.stderr))
+    write_json(args.search_report or str(Path(args.out).with_suffix(".search.json")), report)
+    if report["plan"] is None:
+        raise XpruneError(f"no rate keeps the mAP drop within {args.max_map_drop} (search written beside --out)")
+    plan = report["plan"]
+    plan["budget"] = {k: v for k, v in report.items() if k != "plan"}
+    return plan
+
+
+def cmd_evaluate(args) -> None:
+    from xprune.bench.latency import LatencyProtocol
+    from xprune.data.coco import CocoDetectionSet
+    from xprune.demo import DemoSettings, format_table, measure_row
+    from xprune.files import write_json
+    from xprune.models import file_sha256
+    det = load_detector(args, classes_from_data(args.data, args.split) if args.weights == "none" else None)
+    val = CocoDetectionSet.from_folder(args.data, args.split, det.input_size, limit=args.limit)
+    if det.category_ids is None and det.num_classes != val.num_classes:
+        raise XpruneError(f"model has {det.num_classes} classes, dataset {val.num_classes}")
+    settings = DemoSettings(out=Path("."), latency=LatencyProtocol(runs=args.latency_runs))
+    weights_hash = file_sha256(args.weights) if Path(args.weights).is_file() else args.weights
+    row = measure_row(det, val, settings, "evaluate", 0.0, weights_hash)
+    print(format_table([row]))
+    if args.out:
+        write_json(args.out, [row])
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("models", help="list the detector families")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    s = dsub.add_parser("synth", help="write the deterministic synthetic COCO-format dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--train", type=positive_int, default=1200)
+    s.add_argument("--val", type=positive_int, default=200)
+    s.add_argument("--calib", type=positive_int, default=64)
+    s.add_argument("--image-size", type=positive_int, default=320)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("score", help="score every conv layer and write scores.json")
+    model_args(p)
+    p.add_argument("--method", default="attr", help="attr (default), l1, taylor, hrank, random, gradshap (needs captum)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--calib-images", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("prune", help="zero the least important layers; write the checkpoint and a plan JSON")
+    model_args(p)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--rate", type=float, default=None, help="fraction of candidate layers to zero, in (0, 1) (default 0.05)")
+    p.add_argument("--max-map-drop", type=float, default=None,
+                   help="instead of --rate: the largest rate whose mAP drop on held-out calib images is <= D "
+                        "(absolute, 0.01 = one point); score with fewer --calib-images to leave images held out")
+    p.add_argument("--held-out-images", type=positive_int, default=64, help="calib images after the scored ones")
+    p.add_argument("--max-rate", type=float, default=None, help="upper bound of the --max-map-drop search")
+    p.add_argument("--search-report", default=None, help="search JSON (default: OUT with .search.json)")
+    p.add_argument("--candidates", default="safe", help="safe (default) or all (the paper's)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plan", default=None, help="plan JSON path (default: OUT with .plan.json)")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("evaluate", help="COCO mAP, params, MACs and PyTorch CPU latency of one model")
+    model_args(p, data_required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only")
+    p.add_argument("--latency-runs", type=positive_int, default=100)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_evaluate)
