@@ -20,6 +20,7 @@ def cmd_demo(args) -> None:
     print(format_table(rows))
     print(f"results: {Path(args.out) / 'results.json'}")
 
+
 def cmd_study(args) -> None:
     from xprune.models.yolo import quiet_ultralytics_env
     from xprune.study import run_study, write_report
