@@ -63,3 +63,14 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as results files record it: relative to the working directory when inside it, so committed results
+    do not carry the machine's folder layout."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+

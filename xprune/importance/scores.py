@@ -16,7 +16,7 @@ from torch import nn
 from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
 from xprune.evaluate.complexity import complexity
-from xprune.files import read_json, write_json
+from xprune.files import display_path, read_json, write_json
 from xprune.importance.criteria import CRITERIA
 from xprune.models.detector import Detector
 
@@ -47,7 +47,7 @@ def score_layers(detector: Detector, method: str, calib: CocoDetectionSet | None
         if calib is None:
             raise XpruneError(f"method '{method}' needs calibration data (--data)")
         batches = calibration_batches(calib, batch_size)
-        calibration = {"annotations": str(calib.annotations), "images": len(calib), "batch_size": batch_size,
+        calibration = {"annotations": display_path(calib.annotations), "images": len(calib), "batch_size": batch_size,
                        "batches": len(batches)}
     t0 = time.perf_counter()
     scores = fn(detector, batches, progress=progress, seed=seed, **({"total": len(batches)} if needs_data else {}))

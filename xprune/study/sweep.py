@@ -37,6 +37,7 @@ import torch
 from xprune.bench.environment import environment
 from xprune.bench.latency import LatencyProtocol
 from xprune.errors import XpruneError
+from xprune.files import display_path
 from xprune.models.detector import Detector
 from xprune.runtime.backends import OnnxRuntimeRunner
 
@@ -119,8 +120,8 @@ class StudySettings:
 
     def describe(self) -> dict:
         d = asdict(self)
-        d["out"] = str(self.out)
-        d["data"] = str(self.data) if self.data else None
+        d["out"] = display_path(self.out)
+        d["data"] = display_path(self.data) if self.data else None
         d["latency"] = asdict(self.latency)
         d["speed_latency"] = asdict(self.speed_latency) if self.speed_latency else None
         d["criteria"], d["rates"], d["backends"] = list(self.criteria), list(self.rates), list(self.backends)
@@ -648,7 +649,7 @@ class _Study:
             self.log(f"tensorrt: unavailable ({trt['reason']})")
         env = environment()
         doc: dict[str, Any] = {"format": FORMAT, "complete": False, "command": self.command, "environment": env,
-               "settings": s.describe(), "dataset": str(data), "backends": backends,
+               "settings": s.describe(), "dataset": display_path(data), "backends": backends,
                "tensorrt": (f"available (TensorRT {trt['version']})" if trt and trt["available"]
                             else f"unavailable ({trt['reason']})" if trt else "not requested"),
                "models": [], "rows": [], "peer": None}
