@@ -146,13 +146,13 @@ def test_real_search_safe_policy(yolo, synth_data):
     assert _weights(yolo) == before and lines and len(lines) == len(report["evaluations"]) + 1
     k = report["chosen"]["k"]
     assert all(r["feasible"] for r in report["evaluations"])
-    if k:
-        plan = report["plan"]
-        assert len(plan["selected"]) == k and plan["policy"] == "safe"
-        assert not {e["layer"] for e in plan["selected"]} & set(yolo.predictor_layers)
-        probe = float64_probe(yolo)
-        convs = probe.conv_layers()
-        with torch.no_grad():
-            for e in plan["selected"]:
-                convs[e["layer"]].weight.zero_()
-        assert outputs_depend_on_input(probe)
+    assert k > 0, "a random-init model has nothing to lose: some layers must fit the budget"
+    plan = report["plan"]
+    assert len(plan["selected"]) == k and plan["policy"] == "safe"
+    assert not {e["layer"] for e in plan["selected"]} & set(yolo.predictor_layers)
+    probe = float64_probe(yolo)
+    convs = probe.conv_layers()
+    with torch.no_grad():
+        for e in plan["selected"]:
+            convs[e["layer"]].weight.zero_()
+    assert outputs_depend_on_input(probe)

@@ -44,7 +44,8 @@ def test_family_loss_raw_and_predict(name):
 
 
 def test_all_listed_families_are_registered():
-    assert set(FAMILY_NAMES) <= set(FAMILIES)
+    # every registered family (one YOLOv8 size stands for all) is built by the tests above
+    assert {n for n in FAMILIES if not n.startswith("yolov8") or n == "yolov8n"} == set(FAMILY_NAMES)
 
 
 def test_loss_leaves_batchnorm_statistics_alone():

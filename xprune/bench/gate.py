@@ -48,8 +48,7 @@ away and no within-run interval covers it.
 Limits. Relative mode cancels changes of *speed* (clock, a slower machine of the same kind, memory bandwidth shared
 with a neighbour). It does not cancel *time-sharing*: when other work needs the same cores, the scheduler takes
 whole slices of a few ms, which land on some samples and miss others depending on their length, so model and
-reference are no longer slowed alike (seen here: a 4.5 ms model sample became 8.6 ms on every sample while a
-1.2 ms reference sample became 5.3 ms on a third of them). Such runs are flagged ("contended": the reference's
+reference are no longer slowed alike. Such runs are flagged ("contended": the reference's
 p90 above 1.25x its median) but not repaired; the remedy is a runner with idle cores, or measuring baseline and
 candidate interleaved in one process.
 

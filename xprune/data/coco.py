@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from torchvision.ops import box_convert
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
@@ -83,8 +84,8 @@ class CocoDetectionSet:
         except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
             raise XpruneError(f"cannot read image {path}: {e}") from None
         anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                              for a in anns], dtype=torch.float32).reshape(-1, 4) * scale
+        boxes = box_convert(torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4),
+                            "xywh", "xyxy") * scale
         labels = torch.tensor([self._label[a["category_id"]] for a in anns], dtype=torch.int64)
         if augment and torch.rand(1, generator=generator).item() < 0.5:
             x, boxes = hflip(x, boxes, width * scale)

@@ -23,7 +23,6 @@ The study file (`study.json`, format `xprune-study-1`) is rewritten atomically a
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
 import tempfile
 import time
@@ -178,13 +177,8 @@ def paired_ratios(samples: list[float], base: list[float]) -> list[float]:
 def ratio_summary(ratios: list[float]) -> dict:
     if not ratios:
         return {"median": None, "p10": None, "p90": None, "n": 0}
-    s = sorted(ratios)
-
-    def pct(p):
-        k = (len(s) - 1) * p
-        lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (k - lo)
-    return {"median": statistics.median(s), "p10": pct(0.10), "p90": pct(0.90), "n": len(s)}
+    p10, median, p90 = (float(v) for v in np.percentile(ratios, [10, 50, 90]))
+    return {"median": median, "p10": p10, "p90": p90, "n": len(ratios)}
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:
