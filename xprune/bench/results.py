@@ -17,7 +17,7 @@ from xprune.files import read_json, write_json
 
 FORMAT = "xprune-bench-1"
 # Two rows measure the same thing when these agree; the gate pairs baseline and current rows by them.
-ROW_KEY = ("model", "variant", "method", "rate", "engine", "device", "precision", "input_shape")
+ROW_KEY = ("model", "variant", "method", "rate", "engine", "device", "precision", "input_shape", "threads")
 
 
 def row_key(row: dict) -> tuple:

@@ -125,7 +125,7 @@ def bench(targets: list[Target], settings: BenchSettings, command: str | None = 
             name = str(t.path)
             row = {**{k: v for k, v in t.info.items() if k != "category_ids"}, "engine": t.runner.name,
                    "device": t.runner.device, "precision": t.runner.precision,
-                   "timing": timing.get(name, "host-wall-clock"),
+                   "timing": timing.get(name, "host-wall-clock"), "threads": getattr(t.runner, "threads", None),
                    "samples_ms": [round(s, 4) for s in samples[name]], **summarize(samples[name])}
             if f"{name}@reference" in samples:
                 row["reference_samples_ms"] = [round(s, 4) for s in samples[f"{name}@reference"]]

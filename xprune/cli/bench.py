@@ -57,6 +57,10 @@ def cmd_gate(args) -> int:
                     summary=args.summary, verdict_path=args.verdict)
 
 
+def _largest_error(result: dict) -> float:
+    return max(o["max_abs_error"] for o in result["outputs"])
+
+
 def cmd_compare(args) -> None:
     from xprune.bench.run import open_target
     from xprune.runtime.compare import compare_outputs
@@ -71,7 +75,7 @@ def cmd_compare(args) -> None:
         for i in range(args.inputs):
             x = rng.random(a.info["input_shape"], dtype=np.float32)
             result = compare_outputs(a.runner.infer(x), b.runner.infer(x), precision)
-            if worst is None or not result["passed"]:
+            if worst is None or not result["passed"] or _largest_error(result) > _largest_error(worst):
                 worst = result
             if not result["passed"]:
                 break

@@ -112,12 +112,13 @@ def export_onnx(detector: Detector, out: str | Path, fold: bool = True, batch: i
     model = slim(export_raw(detector, batch, opset))
     before = {"nodes": len(model.graph.node), "macs": count_macs(model)}
     dead: list[str] = []
+    after = before
     if fold:
         log("folding zeroed layers")
         model, report = fold_model(model)
         model = slim(model)
         dead = report.dead_outputs
-    after = {"nodes": len(model.graph.node), "macs": count_macs(model)}
+        after = {"nodes": len(model.graph.node), "macs": count_macs(model)}  # counted after the second slim
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     report = {**provenance(detector, fold), "folded": fold, "opset": opset, "input_shape": [batch, 3, detector.input_size, detector.input_size],
               "nodes_before": before["nodes"], "nodes_after": after["nodes"], "macs_before": before["macs"],
