@@ -37,7 +37,7 @@ from xprune.models import build_detector, load_checkpoint  # noqa: E402
 from xprune.models.zoo import FAMILIES  # noqa: E402
 from xprune.prune.plan import apply_plan, plan_pruning  # noqa: E402
 from xprune.reference import reference_models  # noqa: E402
-from xprune.runtime.backends import OnnxRuntimeRunner  # noqa: E402
+from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_MODELS = ["yolov8n", "ssdlite320-mbv3", "ssd-mobilenetv2", "ssd-shufflenetv2", "ssd-resnet50",
@@ -71,10 +71,10 @@ def run_model(name: str, args, data: Path, work: Path) -> dict:
         print(f"[{name}] scoring with {method}", file=sys.stderr, flush=True)
         scores = score_layers(det, method, calib, batch_size=4, weights=weights)
         plan = plan_pruning(det, scores, args.rate, "safe")
-        plans[method] = {"zeroed_layers": [e["layer"] for e in plan["selected"]], "candidates": plan["candidates"]}
+        plans[method] = {"zeroed_layers": plan.layers, "candidates": plan.candidates}
         pruned = copy.deepcopy(det)
         apply_plan(pruned, plan)
-        pruned.meta = {"pruning": plan}
+        pruned.meta = {"pruning": plan.to_json()}
         for fold in (False, True):
             key = f"{method}-{'folded' if fold else 'zeroed'}"
             files[key] = work / f"{name}-{key}.onnx"

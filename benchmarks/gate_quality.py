@@ -11,14 +11,14 @@ warm-up (10 runs and 0.5 s) and the reference workload timed after every model s
 them:
 
     A "baseline", A "current", B "current"     -> results documents, one row each, with the same row key
-    A and B interleaved in one process          -> the true B/A slowdown, paired per round (DESIGN.md protocol)
+    A and B interleaved in one process          -> the true B/A slowdown, paired per round
 
 Pairs are formed as a gate would see them, the baseline recorded earlier than the current: baseline of
 repetition i against current of repetition (i + lag) mod N (lag N/2 by default, minutes apart). A/A pairs give the
 false-alarm rate, A/B pairs the detection rate; every pair is judged by `xprune.bench.gate.gate` in absolute and in
-relative (model / reference) mode, and the alternative decision rules discussed in gate.py are scored on the same
-pairs. Everything - raw samples of every run, the environment, rates with counts and Wilson 95 % intervals - goes
-to benchmarks/results/gate_quality.json (atomically), and gate_quality.md is rendered from that JSON.
+relative (model / reference) mode, and the alternative decision rules discussed in docs/ci-gate.md are scored on
+the same pairs. Everything - raw samples of every run, the environment, rates with counts and Wilson 95 % intervals
+- goes to benchmarks/results/gate_quality.json (atomically), and gate_quality.md is rendered from that JSON.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ from xprune.bench.gate import CONTENDED_SPREAD, gate, spread, wilson_interval  #
 from xprune.bench.latency import LatencyProtocol, summarize  # noqa: E402
 from xprune.bench.results import new_results, validate  # noqa: E402
 from xprune.files import read_json, write_with  # noqa: E402
-from xprune.runtime.backends import OnnxRuntimeRunner  # noqa: E402
+from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner  # noqa: E402
 
 FORMAT = "xprune-gate-quality-1"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 NET = dict(in_channels=3, channels=48, size=48, depth=10, seed=1)
 MAX_REGRESSION, CONFIDENCE, RESAMPLES = 0.05, 0.95, 2000
-# The rule gate() applies, and the alternatives its docstring argues against, scored on the same pairs.
+# The rule gate() applies, and the alternatives docs/ci-gate.md argues against, scored on the same pairs.
 RULES = {
     "ratio > 1+m and ci_low > 1 (gate)": lambda r, lo, m: r > 1 + m and lo > 1,
     "ratio > 1+m (point estimate only)": lambda r, lo, m: r > 1 + m,
@@ -198,7 +198,7 @@ def render_markdown(doc: dict) -> str:
                   "process. A/A = A vs its second session, A/B = A vs B, judged by the same gate.", "",
                   *_rates_table(doc["analysis_interleaved"])]
     lines += ["", "A sd of log ratio s on A/A pairs predicts, for the gate's rule at m = 0.05, about "
-              "P(z > 0.05/s) false alarms and as many misses of a 10 % slowdown (gate.py's docstring).", ""]
+              "P(z > 0.05/s) false alarms and as many misses of a 10 % slowdown (docs/ci-gate.md).", ""]
     return "\n".join(lines)
 
 

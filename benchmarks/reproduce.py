@@ -1,4 +1,5 @@
-"""Reproduce the study in seeds/ (attribution vs L1 layer pruning, Table 2 and Figs 1-3) with honest numbers.
+"""Reproduce the study of "Explainability-Inspired Layer-Wise Pruning of Deep Neural Networks for Efficient Object
+Detection" (attribution vs L1 layer pruning, Table 2 and Figs 1-3) with honest numbers.
 
     python benchmarks/reproduce.py                  # the committed study -> benchmarks/results/study/
     python benchmarks/reproduce.py --render-only    # redraw report.md and the PNGs from study.json

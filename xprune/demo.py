@@ -26,7 +26,7 @@ from xprune.evaluate.coco_map import evaluate_map
 from xprune.files import write_json
 from xprune.importance.scores import score_layers, write_scores
 from xprune.models import Detector, file_sha256, load_checkpoint
-from xprune.prune.plan import apply_plan, plan_pruning
+from xprune.prune.plan import Plan, apply_plan, plan_pruning
 from xprune.reference import reference_models
 
 METHODS = ("l1", "attr")
@@ -101,9 +101,9 @@ def onnxruntime_rows(base: Detector, pruned: dict[str, Detector], data: Path, se
     return rows
 
 
-def bottom_overlap(plans: dict[str, dict]) -> dict:
+def bottom_overlap(plans: dict[str, Plan]) -> dict:
     """Overlap of the layers each criterion zeroed (|A & B| / |A|)."""
-    sets = {m: {e["layer"] for e in p["selected"]} for m, p in plans.items()}
+    sets = {m: set(p.layers) for m, p in plans.items()}
     a, b = sets["attr"], sets["l1"]
     return {"attr": sorted(a), "l1": sorted(b), "common": sorted(a & b), "overlap": len(a & b) / max(len(a), 1)}
 
@@ -141,16 +141,15 @@ def run_demo(settings: DemoSettings, log=print) -> list[dict]:
                                   weights=ref["path"])
             write_scores(settings.out / f"scores-{name}-{method}.json", scores)
             plan = plan_pruning(base, scores, settings.rate, "safe")
-            write_json(settings.out / f"plan-{name}-{method}.json", plan)
+            write_json(settings.out / f"plan-{name}-{method}.json", plan.to_json())
             plans[method] = plan
             pruned = copy.deepcopy(base)
             apply_plan(pruned, plan)
-            pruned.meta = {"pruning": plan}
+            pruned.meta = {"pruning": plan.to_json()}
             pruned_models[method] = pruned
-            log(f"{name}: {method} zeroed {', '.join(e['layer'] for e in plan['selected'])}")
+            log(f"{name}: {method} zeroed {', '.join(plan.layers)}")
             rows.append(measure_row(pruned, val, settings, method, settings.rate, weights_hash,
-                                    {"zeroed_layers": [e["layer"] for e in plan["selected"]],
-                                     "zeroed_params": plan["zeroed_params"]}))
+                                    {"zeroed_layers": plan.layers, "zeroed_params": plan.zeroed_params}))
         overlaps[name] = bottom_overlap(plans)
         rows += onnxruntime_rows(base, pruned_models, data, settings, weights_hash, log)
     for row in rows:

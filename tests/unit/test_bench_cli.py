@@ -1,13 +1,19 @@
-"""`xprune bench`, `gate` and `compare` from the command line: results files with raw samples, exit codes, errors."""
+"""`xprune bench`, `gate` and `compare` from the command line: results files with raw samples, exit codes, errors;
+and the runner contract and backend registry they stand on."""
 
+import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from cli_helpers import one_line_error, run_cli
 from xprune.cli import main
+from xprune.errors import XpruneError
 from xprune.models import build_detector, save_checkpoint
+from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
+from xprune.runtime.registry import BACKENDS, backend_for
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +40,12 @@ def test_bench_writes_raw_samples_environment_and_map(tiny, synth_data, tmp_path
     for r in doc["rows"]:
         assert len(r["samples_ms"]) >= 5 and r["median_ms"] > 0 and r["val_images"] == 4
         assert 0.0 <= r["map"] <= 1.0
+        backend = r["backend"]
+        assert set(backend) == {"backend", "version", "device", "precision", "threads"}
+        assert (backend["backend"], backend["device"], backend["precision"]) == (r["engine"], "cpu", "fp32")
+        assert backend["version"].startswith(doc["environment"]["libraries"][r["engine"]])  # torch adds "+cu..."
+        assert isinstance(backend["threads"], int) and backend["threads"] >= 1
+        assert r["timing"] == "host-wall-clock"
 
 
 def test_bench_reference_workload_then_gate_passes_on_itself(tiny, tmp_path, capsys):
@@ -99,6 +111,51 @@ def test_compare_onnx_against_pytorch(tiny, capsys):
     code, out, _ = run_cli(["compare", str(tiny / "y.pt"), str(tiny / "y.onnx"), "--model", "yolov8n",
                          "--inputs", "2"], capsys)
     assert code == 0 and "agree" in out
+
+
+def test_compare_different_models_exits_1_with_the_failing_report(tiny, tmp_path, capsys):
+    torch.manual_seed(0)
+    other = build_detector("yolov8n", "none", num_classes=6, input_size=64)
+    with torch.no_grad():  # the same model with every parameter scaled: a real difference, not noise
+        for p in other.model.parameters():
+            p.mul_(1.5)
+    save_checkpoint(other, tmp_path / "other.pt")
+    code, out, err = run_cli(["compare", str(tiny / "y.pt"), str(tmp_path / "other.pt"), "--model", "yolov8n"],
+                             capsys)
+    report = json.loads(out)
+    assert code == 1 and err.strip() == "outputs differ beyond the fp32 tolerances"
+    assert not report["passed"] and report["reference"] == "b" and report["rtol"] == 1e-3
+    assert [o["name"] for o in report["outputs"]] == ["boxes", "scores"]
+
+
+def test_registry_maps_every_suffix_to_one_backend():
+    assert {s: backend_for(f"m{s}").name for s in (".pt", ".pth", ".onnx", ".ENGINE", ".plan", ".trt")} == {
+        ".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".ENGINE": "tensorrt", ".plan": "tensorrt",
+        ".trt": "tensorrt"}
+    suffixes = [s for b in BACKENDS.values() for s in b.suffixes]
+    assert len(suffixes) == len(set(suffixes))
+    for backend in BACKENDS.values():
+        package = importlib.import_module(backend.package)
+        assert callable(package.available) and callable(package.open_file)
+    with pytest.raises(XpruneError, match=r"unknown benchmark target type '\.xyz' \(expected \.pt, .* or \.trt\)"):
+        backend_for("m.xyz")
+
+
+def test_runner_is_used_inside_one_with_block(tiny):
+    runner = OnnxRuntimeRunner(tiny / "y.onnx", threads=1)
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with pytest.raises(XpruneError, match="OnnxRuntimeRunner is used outside its `with` block"):
+        runner.infer(x)
+    with runner:
+        with pytest.raises(XpruneError, match="already active"):
+            runner.__enter__()
+        assert [o.shape[0] for o in runner.infer(x)] == [1, 1]
+        assert runner.describe()["threads"] == 1
+    assert not runner.is_active
+    with pytest.raises(XpruneError, match="outside its `with` block"):
+        runner.infer(x)
+    with runner:  # entered again after leaving
+        runner.infer(x)
 
 
 def test_interleaved_baseline_and_candidate_then_gate(tiny, tmp_path, capsys):

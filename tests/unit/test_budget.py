@@ -2,6 +2,8 @@
 non-monotone dip), reports every evaluation, validates the budget, restores the weights; the held-out split is
 disjoint from the scoring images; one small real run (YOLOv8n random init, 64 px, synthetic data)."""
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -12,8 +14,8 @@ from xprune.errors import XpruneError
 from xprune.evaluate.coco_map import evaluate_map
 from xprune.importance.scores import score_layers
 from xprune.models import build_detector
-from xprune.prune.budget import held_out_split, scored_calib_images, search_rate
-from xprune.prune.plan import float64_probe, outputs_depend_on_input
+from xprune.prune.budget import budget_plan, held_out_split, scored_calib_images, search_rate
+from xprune.prune.plan import float64_probe, outputs_depend_on_input, plan_pruning
 
 SIZE = 64
 
@@ -52,19 +54,19 @@ def test_monotone_drop_finds_the_largest_k(yolo, l1):
     before = _weights(yolo)
     evaluate = fake_map({})
     report = search_rate(yolo, l1, evaluate, max_map_drop=0.1, policy="all")
-    n = report["candidates"]
-    assert n == len(yolo.conv_layers()) and report["max_k"] == n - 1
-    assert report["chosen"]["k"] == 10 and report["rate"] == pytest.approx(10 / n)
-    assert report["chosen"]["drop"] == pytest.approx(0.1)
-    assert report["monotone"] and report["search"] == "bisection+lookahead"
-    assert [e["layer"] for e in report["plan"]["selected"]] == \
+    n = report.candidates
+    assert n == len(yolo.conv_layers()) and report.max_k == n - 1
+    assert report.chosen["k"] == 10 and report.rate == pytest.approx(10 / n)
+    assert report.chosen["drop"] == pytest.approx(0.1)
+    assert report.monotone and report.search == "bisection+lookahead"
+    assert report.plan.layers == \
         [e["layer"] for e in sorted(l1["layers"], key=lambda e: (e["score"], e["layer"]))][:10]
     # every evaluation is reported, in order, baseline first; each k measured once
-    ks = [r["k"] for r in report["evaluations"]]
+    ks = [r["k"] for r in report.evaluations]
     assert ks[0] == 0 and evaluate.calls == ks and len(set(ks)) == len(ks)
-    for r in report["evaluations"]:
+    for r in report.evaluations:
         assert r["map"] == pytest.approx(0.5 - 0.01 * r["k"])
-        assert r["drop"] == pytest.approx(report["baseline_map"] - r["map"])
+        assert r["drop"] == pytest.approx(report.baseline_map - r["map"])
         assert r["within"] == (r["k"] <= 10)
     assert len(ks) <= 1 + math.ceil(math.log2(n)) + 3  # bisection + lookahead
     assert _weights(yolo) == before  # every zeroing undone
@@ -74,33 +76,33 @@ def test_a_dip_just_above_the_bisection_answer_is_found_by_the_lookahead(yolo, l
     # drops 0.01 k, budget 0.105: k <= 10 within, 11 and 12 over, 13 back within (a non-monotone dip), 14.. over.
     # Bisection over 0..63 measures 32, 16, 8, 12, 10, 11 and stops at 10; the lookahead goes on to 13.
     report = search_rate(yolo, l1, fake_map({13: 0.5 - 0.10}), max_map_drop=0.105, policy="all")
-    assert report["candidates"] == 64
-    assert [r["k"] for r in report["evaluations"]][:7] == [0, 32, 16, 8, 12, 10, 11]
-    assert report["chosen"]["k"] == 13 and not report["monotone"]
-    measured = {r["k"]: r for r in report["evaluations"]}
+    assert report.candidates == 64
+    assert [r["k"] for r in report.evaluations][:7] == [0, 32, 16, 8, 12, 10, 11]
+    assert report.chosen["k"] == 13 and not report.monotone
+    measured = {r["k"]: r for r in report.evaluations}
     assert measured[13]["within"] is True and measured[12]["within"] is False
     assert all(not measured[k]["within"] for k in (14, 15)) and 17 not in measured
     # a lookahead of two stops after 11 and 12 are over: the bisection's answer stands
     short = search_rate(yolo, l1, fake_map({13: 0.5 - 0.10}), max_map_drop=0.105, policy="all", lookahead=2)
-    assert short["chosen"]["k"] == 10 and 13 not in {r["k"] for r in short["evaluations"]}
+    assert short.chosen["k"] == 10 and 13 not in {r["k"] for r in short.evaluations}
 
 
 def test_nothing_within_budget_and_improvements(yolo, l1):
     none = search_rate(yolo, l1, fake_map({}), max_map_drop=0.0, policy="all")
-    assert none["chosen"]["k"] == 0 and none["rate"] is None and none["plan"] is None
+    assert none.chosen["k"] == 0 and none.rate is None and none.plan is None
     # pruning that never hurts: the largest k allowed (max_rate bounds it)
     flat = search_rate(yolo, l1, fake_map({}, slope=0.0), max_map_drop=0.0, policy="all", max_rate=0.25)
-    assert flat["max_k"] == round(0.25 * flat["candidates"]) == flat["chosen"]["k"]
+    assert flat.max_k == round(0.25 * flat.candidates) == flat.chosen["k"]
 
 
 def test_grid_measures_exactly_the_given_rates(yolo, l1):
     evaluate = fake_map({})
     report = search_rate(yolo, l1, evaluate, max_map_drop=0.1, policy="all", rates=[0.2, 0.05, 0.1, 0.1])
-    n = report["candidates"]
+    n = report.candidates
     wanted = sorted({round(r * n) for r in (0.05, 0.1, 0.2)})
-    assert [r["k"] for r in report["evaluations"]] == [0, *wanted] and report["search"] == "grid"
-    assert report["rate"] == 0.1 and report["chosen"]["k"] == round(0.1 * n)
-    assert len(report["plan"]["selected"]) == round(0.1 * n)
+    assert [r["k"] for r in report.evaluations] == [0, *wanted] and report.search == "grid"
+    assert report.rate == 0.1 and report.chosen["k"] == round(0.1 * n)
+    assert len(report.plan.selected) == round(0.1 * n)
     with pytest.raises(XpruneError, match="either rates"):
         search_rate(yolo, l1, evaluate, 0.1, policy="all", rates=[0.1], max_rate=0.5)
 
@@ -143,16 +145,36 @@ def test_real_search_safe_policy(yolo, synth_data):
     lines = []
     report = search_rate(yolo, scores, lambda d: evaluate_map(d, held, batch_size=4)["map"], max_map_drop=0.01,
                          policy="safe", max_rate=0.2, log=lines.append)
-    assert _weights(yolo) == before and lines and len(lines) == len(report["evaluations"]) + 1
-    k = report["chosen"]["k"]
-    assert all(r["feasible"] for r in report["evaluations"])
+    assert _weights(yolo) == before and lines and len(lines) == len(report.evaluations) + 1
+    k = report.chosen["k"]
+    assert all(r["feasible"] for r in report.evaluations)
     assert k > 0, "a random-init model has nothing to lose: some layers must fit the budget"
-    plan = report["plan"]
-    assert len(plan["selected"]) == k and plan["policy"] == "safe"
-    assert not {e["layer"] for e in plan["selected"]} & set(yolo.predictor_layers)
+    plan = report.plan
+    assert len(plan.selected) == k and plan.policy == "safe"
+    assert plan == plan_pruning(yolo, scores, report.rate, "safe")
+    assert not set(plan.layers) & set(yolo.predictor_layers)
     probe = float64_probe(yolo)
     convs = probe.conv_layers()
     with torch.no_grad():
-        for e in plan["selected"]:
-            convs[e["layer"]].weight.zero_()
+        for name in plan.layers:
+            convs[name].weight.zero_()
     assert outputs_depend_on_input(probe)
+
+
+def test_budget_plan_carries_its_search_and_writes_it(yolo, l1, synth_data, tmp_path, monkeypatch):
+    path = tmp_path / "search.json"
+    plan = budget_plan(yolo, l1, synth_data, 0.5, "all", held_out_images=4, max_rate=0.1, search_report=path)
+    written = json.loads(path.read_text())
+    assert plan.budget == {k: v for k, v in written.items() if k != "plan"}
+    assert written["plan"] == dataclasses.replace(plan, budget=None).to_json()
+    assert len(plan.selected) == written["chosen"]["k"] and plan.rate == written["rate"]
+    with pytest.raises(XpruneError, match="needs --data"):
+        budget_plan(yolo, l1, None, 0.1)
+    with pytest.raises(XpruneError, match="max-map-drop must be in"):
+        budget_plan(yolo, l1, synth_data, 1.5)
+    # nothing within budget: the search is still written, then a one-line error
+    path.unlink()
+    monkeypatch.setattr("xprune.prune.budget.evaluate_map", lambda det, held: {"map": fake_map({})(det)})
+    with pytest.raises(XpruneError, match=f"no rate keeps the mAP drop within 0.0 .*{path.name}"):
+        budget_plan(yolo, l1, synth_data, 0.0, "all", held_out_images=4, max_rate=0.1, search_report=path)
+    assert json.loads(path.read_text())["plan"] is None

@@ -11,7 +11,7 @@ from torch import nn
 
 from xprune.data.coco import calibration_set
 from xprune.errors import XpruneError
-from xprune.importance.criteria import (CRITERIA, gradshap_scores, hrank_scores, random_scores, taylor_scores)
+from xprune.importance.criteria import CRITERIA, Criterion, GradientShap, HRank, RandomScores, Taylor, get_criterion
 from xprune.importance.scores import calibration_batches, score_layers
 from xprune.models import build_detector
 from xprune.models.detector import Detector
@@ -68,26 +68,33 @@ def _check(det: Detector, scores: dict) -> None:
 
 def test_registry_entries():
     assert {"l1", "attr", "taylor", "hrank", "random", "gradshap"} <= set(CRITERIA)
-    for fn, needs_data, about in CRITERIA.values():
-        assert callable(fn) and isinstance(needs_data, bool) and isinstance(about, str) and "\n" not in about
-    assert not CRITERIA["random"][1] and CRITERIA["taylor"][1] and CRITERIA["hrank"][1] and CRITERIA["gradshap"][1]
+    for name, criterion in CRITERIA.items():
+        assert isinstance(criterion, Criterion) and criterion.name == name and get_criterion(name) is criterion
+        assert isinstance(criterion.needs_data, bool) and isinstance(criterion.about, str)
+        assert criterion.about and "\n" not in criterion.about
+    assert not CRITERIA["random"].needs_data and not CRITERIA["l1"].needs_data
+    assert CRITERIA["attr"].needs_data and CRITERIA["taylor"].needs_data
+    assert CRITERIA["hrank"].needs_data and CRITERIA["gradshap"].needs_data
+    with pytest.raises(XpruneError, match="unknown scoring method 'shapley'; choose one of: l1, attr"):
+        get_criterion("shapley")
 
 
 @pytest.mark.parametrize("method", ["l1", "attr", "taylor", "hrank", "random"])
 def test_deterministic_and_covers_every_conv(yolo, batches, method):
-    fn = CRITERIA[method][0]
-    a = fn(yolo, batches, seed=3, total=len(batches))
-    b = fn(yolo, batches, seed=3, total=len(batches))
+    criterion = CRITERIA[method]
+    a = criterion.score(yolo, batches, seed=3, total=len(batches))
+    b = criterion.score(yolo, batches, seed=3, total=len(batches))
     assert a == b
     _check(yolo, a)
     assert all(not m._forward_hooks for m in yolo.model.modules())
 
 
 def test_random_differs_by_seed_and_the_seed_reaches_it_through_score_layers(yolo):
-    assert random_scores(yolo, seed=1) == random_scores(yolo, seed=1)
-    assert random_scores(yolo, seed=1) != random_scores(yolo, seed=2)
+    random = RandomScores()
+    assert random.score(yolo, seed=1) == random.score(yolo, seed=1)
+    assert random.score(yolo, seed=1) != random.score(yolo, seed=2)
     doc = score_layers(yolo, "random", seed=7)
-    assert {e["layer"]: e["score"] for e in doc["layers"]} == random_scores(yolo, seed=7)
+    assert {e["layer"]: e["score"] for e in doc["layers"]} == random.score(yolo, seed=7)
     assert doc["calibration"] is None
 
 
@@ -95,49 +102,50 @@ def test_taylor_of_a_zeroed_layer_is_the_minimum_zero_and_leaves_no_grads(yolo, 
     dfl = yolo.conv_layers()["model.22.dfl.conv"]
     assert not dfl.weight.requires_grad
     with zeroed(yolo, [INNER, PREDICTOR]):
-        scores = taylor_scores(yolo, batches)
+        scores = Taylor().score(yolo, batches)
     assert scores[INNER] == 0.0 and scores[PREDICTOR] == 0.0
     assert min(scores.values()) == 0.0
     assert all(p.grad is None for p in yolo.model.parameters())
     assert not dfl.weight.requires_grad  # restored
-    assert taylor_scores(yolo, batches)[INNER] > 0  # weights restored by `zeroed`
+    assert Taylor().score(yolo, batches)[INNER] > 0  # weights restored by `zeroed`
 
 
 def test_hrank_of_a_zeroed_conv_is_zero_even_with_a_bias(yolo, batches):
     assert yolo.conv_layers()[PREDICTOR].bias is not None
     with zeroed(yolo, [INNER, PREDICTOR]):
-        scores = hrank_scores(yolo, batches)
+        scores = HRank().score(yolo, batches)
     assert scores[INNER] == 0.0 and scores[PREDICTOR] == 0.0
-    full = hrank_scores(yolo, batches)
+    full = HRank().score(yolo, batches)
     assert full[INNER] > 0 and full[PREDICTOR] > 0
     # ranks are bounded by the smaller side of the map (64 px input, stride 8 at the first predictor)
     assert full[PREDICTOR] <= SIZE // 8
 
 
 def test_hrank_subsamples_images_deterministically(yolo, batches):
-    assert hrank_scores(yolo, batches, max_images=2) == hrank_scores(yolo, batches[:1])
-    few = hrank_scores(yolo, batches, max_channels=1)
-    assert few == hrank_scores(yolo, batches, max_channels=1)
+    assert HRank(max_images=2).score(yolo, batches) == HRank().score(yolo, batches[:1])
+    few = HRank(max_channels=1).score(yolo, batches)
+    assert few == HRank(max_channels=1).score(yolo, batches)
     _check(yolo, few)
 
 
 def test_toy_detector_every_criterion_and_zeroed_layers():
     pytest.importorskip("captum")
     det, data = toy_detector(), toy_batches()
-    for method, (fn, _, _) in CRITERIA.items():
-        _check(det, fn(det, data, seed=0, total=1))
+    for criterion in CRITERIA.values():
+        _check(det, criterion.score(det, data, seed=0, total=1))
     with zeroed(det, ["2"]):
-        for fn in (taylor_scores, hrank_scores, gradshap_scores):
-            assert fn(det, data)["2"] == 0.0
+        for criterion in (Taylor(), HRank(), GradientShap()):
+            assert criterion.score(det, data)["2"] == 0.0
 
 
 def test_gradshap_on_yolo_is_seeded(yolo, batches):
     pytest.importorskip("captum")
     one = [(batches[0][0][:1], batches[0][1][:1])]
     layers = [INNER, PREDICTOR]
-    a = gradshap_scores(yolo, one, seed=0, n_samples=1, layers=layers)
-    assert a == gradshap_scores(yolo, one, seed=0, n_samples=1, layers=layers)
-    assert a != gradshap_scores(yolo, one, seed=1, n_samples=1, layers=layers)
+    gradshap = GradientShap(n_samples=1, layers=layers)
+    a = gradshap.score(yolo, one, seed=0)
+    assert a == gradshap.score(yolo, one, seed=0)
+    assert a != gradshap.score(yolo, one, seed=1)
     assert list(a) == layers and all(math.isfinite(v) and v >= 0 for v in a.values()) and a[INNER] > 0
     # (the random-init predictor's output does not move off its bias in float32 between the image and the zero
     # baseline, so A(x) - A(b) = 0 and its GradientSHAP is 0: that is the attribution, not a bug)
@@ -148,4 +156,4 @@ def test_gradshap_without_captum_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "captum", None)
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     with pytest.raises(XpruneError, match="needs Captum.*pip install captum=="):
-        gradshap_scores(toy_detector(), toy_batches())
+        GradientShap().score(toy_detector(), toy_batches())

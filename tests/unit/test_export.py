@@ -15,7 +15,7 @@ from xprune.importance.scores import score_layers
 from xprune.models import build_detector, save_checkpoint
 from xprune.models.zoo import FAMILIES
 from xprune.prune.plan import apply_plan, plan_pruning
-from xprune.runtime.backends import OnnxRuntimeRunner
+from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
 FAMILY_SIZES = {"yolov8n": 64, "ssdlite320-mbv3": 96, "ssd-mobilenetv2": 96, "ssd-shufflenetv2": 96,
                 "ssd-resnet50": 96, "retinanet-r50-fpn": 96, "fasterrcnn-r50-fpn": 96}
@@ -27,7 +27,7 @@ def _pruned(name: str, size: int, rate: float = 0.1):
     plan = plan_pruning(det, score_layers(det, "l1"), rate, "safe")
     pruned = copy.deepcopy(det)
     apply_plan(pruned, plan)
-    pruned.meta = {"pruning": plan}
+    pruned.meta = {"pruning": plan.to_json()}
     return pruned, plan
 
 

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from xprune.errors import XpruneError
-from xprune.export.fold import DeadOutputWarning, count_macs, fold_file, fold_model, parse_input_shape
+from xprune.export.fold import (DeadOutputWarning, absorb_constant_concat_slices, compact_broadcast_constants,
+                                constant_outputs_of_zero_weights, constant_shapes, count_macs, drop_neutral_ops,
+                                fold_constants, fold_file, fold_input_independent, fold_model, parse_input_shape,
+                                static_graph)
 
 OPSET, IR = 17, 8
 
@@ -374,3 +378,135 @@ def test_unwritable_destination_leaves_nothing_behind(tmp_path):
     with pytest.raises(XpruneError, match="cannot write"):
         fold_file(src, tmp_path / "afile" / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.onnx"]
+
+
+# ------------------------------------------------------------------------------- each pass alone, on a tiny graph
+
+def _var(name: str, shape, dtype=np.float32) -> gs.Variable:
+    return gs.Variable(name, dtype, shape)
+
+
+def _const(name: str, value) -> gs.Constant:
+    return gs.Constant(name, np.ascontiguousarray(value, dtype=np.asarray(value).dtype))
+
+
+def _gs_graph(nodes, inputs, outputs) -> gs.Graph:
+    return gs.Graph(nodes=nodes, inputs=inputs, outputs=outputs, opset=OPSET, ir_version=IR)
+
+
+def _gs_model(graph: gs.Graph) -> onnx.ModelProto:
+    return gs.export_onnx(graph)
+
+
+def test_pass_constant_outputs_of_zero_weights():
+    x, a = _var("x", (1, 3, 4, 4)), _var("a", (2, 3))
+    y, z, g = _var("y", (1, 2, 4, 4)), _var("z", (1, 2, 4, 4)), _var("g", (2, 4))
+    bias, c = np.array([0.5, -1.0], np.float32), np.arange(4, dtype=np.float32)
+    zeroed = gs.Node("Conv", inputs=[x, _const("w0", np.zeros((2, 3, 1, 1), np.float32)), _const("b", bias)],
+                     outputs=[y])
+    live = gs.Node("Conv", inputs=[x, _const("w1", np.ones((2, 3, 1, 1), np.float32))], outputs=[z])
+    gemm = gs.Node("Gemm", inputs=[a, _const("w2", np.zeros((3, 4), np.float32)), _const("c", c)], outputs=[g],
+                   attrs={"beta": 2.0})
+    graph = _gs_graph([zeroed, live, gemm], [x, a], [y, z, g])
+    assert constant_outputs_of_zero_weights(graph) == 2
+    assert isinstance(y, gs.Constant) and isinstance(g, gs.Constant) and isinstance(z, gs.Variable)
+    np.testing.assert_array_equal(y.values, np.broadcast_to(bias.reshape(1, 2, 1, 1), (1, 2, 4, 4)))
+    np.testing.assert_array_equal(g.values, np.broadcast_to(2 * c, (2, 4)))
+    assert zeroed.outputs == [] and gemm.outputs == [] and live.outputs == [z]
+
+
+def test_pass_constant_shapes():
+    x, dynamic = _var("x", (1, 3, 4, 5)), _var("d", ("N", 3))
+    tail, size, kept = _var("tail", (2,), np.int64), _var("size", (), np.int64), _var("kept", (2,), np.int64)
+    graph = _gs_graph([gs.Node("Shape", inputs=[x], outputs=[tail], attrs={"start": -2}),
+                       gs.Node("Size", inputs=[x], outputs=[size]), gs.Node("Shape", inputs=[dynamic], outputs=[kept])],
+                      [x, dynamic], [tail, size, kept])
+    assert constant_shapes(graph) == 2
+    assert tail.values.tolist() == [4, 5] and int(size.values) == 60 and isinstance(kept, gs.Variable)
+
+
+def test_pass_fold_constants_evaluates_what_only_constants_feed_but_no_random_op():
+    x, r, noise, y, z = (_var(n, (2,)) for n in ("x", "r", "noise", "y", "z"))
+    graph = _gs_graph([gs.Node("Relu", inputs=[_const("c", np.array([-1.0, 2.0], np.float32))], outputs=[r]),
+                       gs.Node("RandomNormal", outputs=[noise], attrs={"shape": [2], "dtype": TensorProto.FLOAT}),
+                       gs.Node("Add", inputs=[x, r], outputs=[y]), gs.Node("Add", inputs=[y, noise], outputs=[z])],
+                      [x], [z])
+    fold_constants(graph)
+    assert isinstance(r, gs.Constant) and r.values.tolist() == [0.0, 2.0]
+    assert sorted(n.op for n in graph.nodes) == ["Add", "Add", "RandomNormal"]
+
+
+def test_pass_fold_constants_reports_what_onnxruntime_cannot_evaluate():
+    y, x, z = _var("y", (3,)), _var("x", (3,)), _var("z", (3,))
+    bad = gs.Node("Reshape", inputs=[_const("c", np.ones(2, np.float32)), _const("s", np.array([3]))], outputs=[y])
+    graph = _gs_graph([bad, gs.Node("Add", inputs=[x, y], outputs=[z])], [x], [z])
+    with pytest.raises(XpruneError, match="onnxruntime could not evaluate the input-independent part") as e:
+        fold_constants(graph)
+    assert "\n" not in str(e.value)
+
+
+def test_pass_compact_broadcast_constants():
+    x, pooled, y, z = _var("x", (1, 2, 3, 3)), _var("p", (1, 2, 1, 1)), _var("y", (1, 2, 3, 3)), _var("z", (1, 2, 3, 3))
+    per_channel = np.broadcast_to(np.array([1.0, 2.0], np.float32).reshape(1, 2, 1, 1), (1, 2, 3, 3))
+    bias_map, widening = _const("m", per_channel), _const("k", per_channel)
+    graph = _gs_graph([gs.Node("Add", inputs=[x, bias_map], outputs=[y]),
+                       gs.Node("GlobalAveragePool", inputs=[x], outputs=[pooled]),
+                       gs.Node("Mul", inputs=[pooled, widening], outputs=[z])], [x], [y, z])
+    before = _gs_model(graph)
+    assert compact_broadcast_constants(graph) == 1
+    assert bias_map.shape == (1, 2, 1, 1) and widening.shape == (1, 2, 3, 3)  # k broadcasts p up: it stays
+    _assert_same(before, _gs_model(graph))
+
+
+def test_pass_drop_neutral_ops():
+    x, a, b, c = _var("x", (1, 2, 3, 3)), _var("a", (1, 2, 3, 3)), _var("b", (1, 2, 3, 3)), _var("c", (1, 2, 3, 3))
+    out, pooled, widened = _var("out", (1, 2, 3, 3)), _var("p", (1, 2, 1, 1)), _var("w", (1, 2, 3, 3))
+    graph = _gs_graph([gs.Node("Relu", inputs=[x], outputs=[a]),
+                       gs.Node("Mul", inputs=[_const("one", np.ones((1, 2, 1, 1), np.float32)), a], outputs=[b]),
+                       gs.Node("Identity", inputs=[b], outputs=[c]),
+                       gs.Node("Sub", inputs=[c, _const("zero", np.zeros(1, np.float32))], outputs=[out]),
+                       gs.Node("GlobalAveragePool", inputs=[x], outputs=[pooled]),
+                       gs.Node("Add", inputs=[pooled, _const("zeros", np.zeros((1, 2, 3, 3), np.float32))],
+                               outputs=[widened])], [x], [out, widened])
+    before = _gs_model(graph)
+    assert drop_neutral_ops(graph) == 3  # Mul, Identity, Sub; the Add broadcasts p up and stays
+    graph.cleanup()
+    assert sorted(n.op for n in graph.nodes) == ["Add", "GlobalAveragePool", "Relu"]
+    relu = next(n for n in graph.nodes if n.op == "Relu")
+    assert relu.outputs[0].name == "out"  # a graph output keeps its name
+    _assert_same(before, _gs_model(graph))
+
+
+def test_pass_absorb_constant_concat_slices():
+    x, cat, y = _var("x", (1, 3, 4, 4)), _var("cat", (1, 5, 4, 4)), _var("y", (1, 4, 4, 4))
+    uniform = np.broadcast_to(np.array([2.0, -1.0], np.float32).reshape(1, 2, 1, 1), (1, 2, 4, 4))
+    rng = np.random.default_rng(0)
+    conv = gs.Node("Conv", inputs=[cat, _const("w", rng.normal(size=(4, 5, 1, 1)).astype(np.float32)),
+                                   _const("b", rng.normal(size=4).astype(np.float32))], outputs=[y])
+    graph = _gs_graph([gs.Node("Concat", inputs=[x, _const("k", uniform)], outputs=[cat], attrs={"axis": 1}), conv],
+                      [x], [y])
+    before = _gs_model(graph)
+    assert absorb_constant_concat_slices(graph) == 1
+    graph.cleanup()
+    assert [n.op for n in graph.nodes] == ["Conv"] and conv.inputs[0] is x and conv.inputs[1].shape == (4, 3, 1, 1)
+    _assert_same(before, _gs_model(graph))
+
+
+def test_pass_fold_input_independent_keeps_a_dead_output_name():
+    x, y = _var("x", (1, 3, 4, 4)), _var("y", (1, 2, 4, 4))
+    conv = gs.Node("Conv", inputs=[x, _const("w", np.zeros((2, 3, 1, 1), np.float32)),
+                                   _const("b", np.ones(2, np.float32))], outputs=[y])
+    graph = _gs_graph([conv], [x], [y])
+    assert fold_input_independent(graph) == (1, ["y"])
+    assert [n.op for n in graph.nodes] == ["Constant"] and graph.outputs[0].name == "y"
+    assert fold_input_independent(graph) == (0, [])  # a fixed point
+
+
+def test_static_graph_resolves_shapes_computed_from_shape_ops():
+    b = Builder(9, 3, 8)
+    y = b.conv("x", 4, 3)
+    size = b.op("Cast", [b.op("Shape", [y], (4,))], (4,), to=TensorProto.FLOAT)
+    size = b.op("Cast", [b.op("Mul", [size, b.const(np.ones(4))], (4,))], (4,), to=TensorProto.INT64)
+    reshaped = b.op("Reshape", [y, size], b.shape[y])
+    model = b.model([b.conv(reshaped, 2, 1)])
+    assert static_graph(model).tensors()[reshaped].shape == [1, 4, 8, 8]

@@ -17,7 +17,7 @@ import torch
 from xprune.bench.latency import LatencyProtocol
 from xprune.bench.results import read_results
 from xprune.study.report import DASH, load_study, render
-from xprune.study.sweep import StudySettings, paired_ratios, pct_change, prefix_plans, ratio_summary, run_study, spearman
+from xprune.study.sweep import StudySettings, paired_ratios, pct_change, ratio_summary, run_study, spearman
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0)
@@ -157,14 +157,14 @@ def test_report_accuracy_columns_come_from_the_json(study):
 def test_prefix_plans_equal_independent_plans():
     from xprune.importance.scores import score_layers
     from xprune.models import build_detector
-    from xprune.prune.plan import plan_pruning
+    from xprune.prune.plan import Infeasible, plan_pruning, plans_for_rates
 
     det = build_detector("yolov8n", "none", num_classes=6, input_size=64)
     scores = score_layers(det, "l1")
-    plans = prefix_plans(det, scores, (0.05, 0.10), "safe")
+    plans = plans_for_rates(det, scores, (0.05, 0.10), "safe")
     assert plans[0.05] == plan_pruning(det, scores, 0.05, "safe")
     assert plans[0.10] == plan_pruning(det, scores, 0.10, "safe")
-    assert "infeasible" in prefix_plans(det, scores, (0.99,), "safe")[0.99]
+    assert isinstance(plans_for_rates(det, scores, (0.99,), "safe")[0.99], Infeasible)
 
 
 def test_ultralytics_output_adapter():

@@ -20,10 +20,11 @@ import torch
 from onnx import TensorProto, helper
 
 from xprune.errors import XpruneError
-from xprune.export.tensorrt import (NO_GPU, NOT_INSTALLED, CalibrationFeed, _calibration_shape, _input_shapes,
-                                    build_engine, require_tensorrt, sidecar_path)
 from xprune.runtime.compare import TOLERANCES, compare_outputs
-from xprune.runtime.tensorrt_runner import TensorRTRunner
+from xprune.runtime.tensorrt import NO_GPU, NOT_INSTALLED, require_tensorrt
+from xprune.runtime.tensorrt.build import CalibrationFeed, build_engine, calibration_shape, input_shapes
+from xprune.runtime.tensorrt.loader import sidecar_path
+from xprune.runtime.tensorrt.runner import TensorRTRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,10 +135,10 @@ def test_runner_reads_precision_and_model_facts_from_the_sidecar(tensorrt_and_gp
 
 def test_calibration_shape_within_a_dynamic_batch_range():
     bounds = {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [8, 3, 8, 8]}
-    shape, batches = _calibration_shape(iter([np.zeros((1, 3, 8, 8), np.float32)] * 3), bounds)
+    shape, batches = calibration_shape(iter([np.zeros((1, 3, 8, 8), np.float32)] * 3), bounds)
     assert shape == [1, 3, 8, 8] and len(list(batches)) == 3
     with pytest.raises(XpruneError, match=r"the engine input is \[1..8, 3, 8, 8\]"):
-        _calibration_shape([np.zeros((16, 3, 8, 8), np.float32)], bounds)
+        calibration_shape([np.zeros((16, 3, 8, 8), np.float32)], bounds)
 
 
 def test_sidecar_sits_beside_the_engine(tmp_path):
@@ -146,15 +147,15 @@ def test_sidecar_sits_beside_the_engine(tmp_path):
 
 def test_input_shapes_static_and_dynamic_batch(tmp_path):
     src = tmp_path / "m.onnx"
-    assert _input_shapes("images", [1, 3, 64, 64], src, None) == {
+    assert input_shapes("images", [1, 3, 64, 64], src, None) == {
         "images": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]}}
-    assert _input_shapes("images", [None, 3, 64, 64], src, (1, 4, 8))["images"]["max"] == [8, 3, 64, 64]
+    assert input_shapes("images", [None, 3, 64, 64], src, (1, 4, 8))["images"]["max"] == [8, 3, 64, 64]
     with pytest.raises(XpruneError, match="fixed batch of 1"):
-        _input_shapes("images", [1, 3, 64, 64], src, (1, 4, 8))
+        input_shapes("images", [1, 3, 64, 64], src, (1, 4, 8))
     with pytest.raises(XpruneError, match="dynamic batch axis"):
-        _input_shapes("images", [None, 3, 64, 64], src, None)
+        input_shapes("images", [None, 3, 64, 64], src, None)
     with pytest.raises(XpruneError, match="min <= opt <= max"):
-        _input_shapes("images", [None, 3, 64, 64], src, (4, 2, 8))
+        input_shapes("images", [None, 3, 64, 64], src, (4, 2, 8))
 
 
 def test_calibration_feed_stops_on_a_bad_batch():
@@ -219,7 +220,7 @@ def test_compare_shape_mismatch_is_a_user_error():
 
 # --- type check -------------------------------------------------------------------------------------------------------
 
-TENSORRT_SOURCES = ["xprune/export/tensorrt.py", "xprune/runtime/tensorrt_runner.py"]
+TENSORRT_SOURCES = sorted(str(p.relative_to(REPO)) for p in (REPO / "xprune" / "runtime" / "tensorrt").glob("*.py"))
 _DEF = re.compile(r"^(\s*)def (\w+)\((.*)\)( -> .*)?:(.*)$")
 
 

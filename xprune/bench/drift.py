@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from xprune.bench.latency import LatencyProtocol, _timed
+from xprune.bench.latency import LatencyProtocol, time_call_ms
 from xprune.errors import XpruneError
 
 REFERENCE_SUFFIX = "@reference"
@@ -89,7 +89,7 @@ class ReferenceWorkload:
                 "input_shape": list(self.input_shape), "engine": "onnxruntime", "threads": self.threads}
 
     def __enter__(self) -> "ReferenceWorkload":
-        from xprune.runtime.backends import OnnxRuntimeRunner  # a later stage's heavy imports, only when used
+        from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner  # heavy imports, only when used
 
         self._runner = OnnxRuntimeRunner(self.model, threads=self.threads, spinning=False).__enter__()
         return self
@@ -124,8 +124,8 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], protocol: LatencyP
 
     def one_round(order: list[str], out: dict[str, list[float]] | None) -> None:
         for name in order:
-            t = _timed(fns[name])
-            r = _timed(reference) if reference is not None else None
+            t = time_call_ms(fns[name])
+            r = time_call_ms(reference) if reference is not None else None
             if out is not None:
                 out[name].append(t)
                 if r is not None:

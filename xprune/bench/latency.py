@@ -1,5 +1,5 @@
-"""Latency protocol (DESIGN.md "Measurement protocol"): warm-up of at least `warmup_runs` runs and `warmup_s`
-seconds, then at least `runs` timed runs and `min_s` seconds; every sample is kept."""
+"""Latency protocol: warm-up of at least `warmup_runs` runs and `warmup_s` seconds, then at least `runs` timed runs
+and `min_s` seconds; every sample is kept."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class LatencyProtocol:
     max_s: float = 120.0  # a cap so a very slow model on a small CPU still finishes
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def time_call_ms(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return (time.perf_counter() - t0) * 1000.0
@@ -37,7 +37,7 @@ def measure(fn: Callable[[], object], protocol: LatencyProtocol = LatencyProtoco
     samples: list[float] = []
     start = time.perf_counter()
     while len(samples) < protocol.runs or time.perf_counter() - start < protocol.min_s:
-        samples.append(_timed(fn))
+        samples.append(time_call_ms(fn))
         if time.perf_counter() - start > protocol.max_s and len(samples) >= 10:
             break
     return samples

@@ -3,14 +3,16 @@ checkpoints through one runner interface, written as a results file with every r
 
 Targets are measured one after another, or interleaved round by round (`interleave=True`) so slow drift of the
 machine hits every target alike; with `reference_workload=True` a fixed workload is timed right after each sample,
-so latencies can be compared relative to it across machines (DESIGN.md "Measurement protocol").
+so latencies can be compared relative to it across machines. Which backend runs a file is decided by
+`xprune.runtime.registry`; how a runner is timed is the runner's own declaration (`Runner.timing`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,9 +20,9 @@ from xprune.bench.environment import environment
 from xprune.bench.latency import LatencyProtocol, measure, summarize
 from xprune.bench.results import new_results
 from xprune.errors import XpruneError
-from xprune.runtime.backends import Runner
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+from xprune.files import file_sha256
+from xprune.runtime.base import CUDA_EVENTS, HOST_CLOCK, Runner
+from xprune.runtime.registry import TargetOptions, backend_for
 
 
 @dataclass
@@ -34,48 +36,15 @@ class Target:
 
 def open_target(path: str | Path, device: str = "cpu", model: str | None = None, threads: int | None = None,
                 fp16: bool = False) -> Target:
-    """Pick the runner from the file: .onnx → ONNX Runtime, .engine/.plan → TensorRT, .pt → PyTorch."""
+    """A runner for the file, from the backend its suffix names (see `xprune.runtime.registry.BACKENDS`)."""
     path = Path(path)
     if not path.is_file():
         raise XpruneError(f"benchmark target not found: {path}")
-    from xprune.models import file_sha256
-    info: dict = {"source": str(path), "source_sha256": file_sha256(path)}
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from xprune.export.onnx_export import get_metadata, load_model
-        from xprune.export.fold import count_macs
-        from xprune.runtime.backends import OnnxRuntimeRunner
-        onnx_model = load_model(path)
-        meta = get_metadata(onnx_model)
-        info.update(_describe_onnx(onnx_model, meta))
-        info["macs"] = count_macs(onnx_model)
-        return Target(path, OnnxRuntimeRunner(path, device=device, threads=threads, nms_iou=meta.get("nms_iou")), info)
-    if suffix in ENGINE_SUFFIXES:
-        from xprune.runtime.tensorrt_runner import TensorRTRunner
-        runner = TensorRTRunner(path)
-        info.update(runner.describe())
-        return Target(path, runner, info)
-    if suffix in (".pt", ".pth"):
-        if not model:
-            raise XpruneError(f"{path}: a PyTorch checkpoint needs --model to say which family it is")
-        from xprune.export.onnx_export import provenance
-        from xprune.models import load_checkpoint
-        from xprune.runtime.backends import TorchRunner
-        det = load_checkpoint(path, model)
-        info.update({"model": det.family, "input_shape": [1, 3, det.input_size, det.input_size],
-                     "category_ids": det.category_ids, **provenance(det, folded=False)})
-        return Target(path, TorchRunner(det, device=device, fp16=fp16), info)
-    raise XpruneError(f"{path}: unknown benchmark target type '{suffix}' (expected .onnx, .engine, .plan or .pt)")
-
-
-def _describe_onnx(model, meta: dict) -> dict:
-    shape = [d.dim_value if d.HasField("dim_value") else None
-             for d in model.graph.input[0].type.tensor_type.shape.dim]
-    if not shape or any(not d for d in shape):
-        raise XpruneError("benchmarks need a static input shape; fix it with `xprune fold --input-shape` first")
-    return {"model": meta.get("family", "onnx"), "variant": meta.get("variant", "unknown"),
-            "method": meta.get("method"), "rate": meta.get("rate"), "input_shape": shape,
-            "category_ids": meta.get("category_ids"), "removed_mac_fraction": meta.get("removed_mac_fraction")}
+    backend = backend_for(path)
+    info: dict[str, Any] = {"source": str(path), "source_sha256": file_sha256(path)}
+    runner, facts = backend.open(path, TargetOptions(device=device, model=model, threads=threads, fp16=fp16))
+    info.update(facts)
+    return Target(path, runner, info)
 
 
 @dataclass
@@ -89,6 +58,36 @@ class BenchSettings:
     batch_size: int = 8
     seed: int = 0
     threads: int | None = None  # the reference workload runs with the models' thread count
+
+
+def bench_files(paths: list[str], settings: BenchSettings, options: TargetOptions = TargetOptions(),
+                baseline: str | None = None, command: str | None = None,
+                log: Callable[[str], None] = lambda m: None) -> dict:
+    """Open and measure files; returns the results document.
+
+    With `baseline`, exactly one candidate is measured against it, interleaved in this one process: the baseline
+    row comes first and the rows carry `role` "baseline" / "candidate", which `xprune gate --interleaved` pairs.
+    """
+    if settings.data is not None and not settings.data.is_dir():
+        raise XpruneError(f"dataset folder not found: {settings.data}")
+    if not paths:
+        raise XpruneError("nothing to benchmark: pass .onnx / .engine / .pt files (or --engine FILE)")
+    if baseline is not None:
+        if len(paths) != 1:
+            raise XpruneError("--baseline compares one candidate with it: give exactly one target")
+        paths = [baseline, *paths]
+        settings = replace(settings, interleave=True)  # the point of measuring both in one run
+    targets = [open_target(p, options.device, options.model, options.threads, options.fp16) for p in paths]
+    if baseline is not None:
+        targets[0].info["role"], targets[1].info["role"] = "baseline", "candidate"
+    return bench(targets, settings, command=command, log=log)
+
+
+def time_runner(runner: Runner, x: np.ndarray, protocol: LatencyProtocol) -> list[float]:
+    """Samples by the clock the runner declares: its device events, or the host clock around `infer`."""
+    if runner.timing == CUDA_EVENTS:  # kernels only, host copies excluded
+        return runner.time_device(x, runs=protocol.runs, warmup=protocol.warmup_runs)
+    return measure(lambda: runner.infer(x), protocol)
 
 
 def bench(targets: list[Target], settings: BenchSettings, command: str | None = None, log=lambda m: None) -> dict:
@@ -107,25 +106,23 @@ def bench(targets: list[Target], settings: BenchSettings, command: str | None = 
         inputs = {t.path: rng.random(t.info["input_shape"], dtype=np.float32) for t in targets}
         fns = {str(t.path): (lambda t=t: t.runner.infer(inputs[t.path])) for t in targets}
         reference = ref.run if ref is not None else None
+        timing: dict[str, str] = {}
         if settings.interleave or reference is not None:
             log(f"timing {len(fns)} target(s) interleaved")
-            samples, timing = measure_interleaved(fns, settings.protocol, reference), {}
+            samples = measure_interleaved(fns, settings.protocol, reference)  # host clock for every target
         else:
-            samples, timing = {}, {}
+            samples = {}
             for t in targets:
                 name = str(t.path)
                 log(f"timing {name}")
-                if hasattr(t.runner, "time_device"):  # GPU engines: device events, host copies excluded
-                    samples[name] = t.runner.time_device(inputs[t.path], runs=settings.protocol.runs,
-                                                         warmup=settings.protocol.warmup_runs)
-                    timing[name] = "cuda-events"
-                else:
-                    samples[name] = measure(fns[name], settings.protocol)
+                samples[name] = time_runner(t.runner, inputs[t.path], settings.protocol)
+                timing[name] = t.runner.timing
         for t in targets:
             name = str(t.path)
             row = {**{k: v for k, v in t.info.items() if k != "category_ids"}, "engine": t.runner.name,
                    "device": t.runner.device, "precision": t.runner.precision,
-                   "timing": timing.get(name, "host-wall-clock"), "threads": getattr(t.runner, "threads", None),
+                   "timing": timing.get(name, HOST_CLOCK), "threads": t.runner.threads,
+                   "backend": t.runner.describe(),
                    "samples_ms": [round(s, 4) for s in samples[name]], **summarize(samples[name])}
             if f"{name}@reference" in samples:
                 row["reference_samples_ms"] = [round(s, 4) for s in samples[f"{name}@reference"]]
@@ -143,9 +140,23 @@ def bench(targets: list[Target], settings: BenchSettings, command: str | None = 
 def _map(target: Target, settings: BenchSettings) -> dict:
     from xprune.data.coco import CocoDetectionSet
     from xprune.evaluate.coco_map import evaluate_predictions
+    assert settings.data is not None
     size = target.info["input_shape"][-1]
     val = CocoDetectionSet.from_folder(settings.data, settings.split, size, limit=settings.val_images)
     # Batch-1 engines see one image at a time; the shared post-process makes the numbers comparable.
     metrics = evaluate_predictions(target.runner.predict, val, target.info.get("category_ids"),
                                    batch_size=target.info["input_shape"][0])
     return {"map": metrics["map"], "map50": metrics["map50"], "val_images": metrics["images"]}
+
+
+def compare_files(a: str | Path, b: str | Path, options: TargetOptions = TargetOptions(), inputs: int = 4,
+                  seed: int = 0, precision: str | None = None) -> dict:
+    """`xprune.runtime.compare.compare_runners` on two files of any backends (`b` is the reference; its precision
+    picks the tolerances unless `precision` is given)."""
+    from xprune.runtime.compare import compare_runners
+
+    ta, tb = (open_target(p, options.device, options.model) for p in (a, b))
+    if ta.info["input_shape"] != tb.info["input_shape"]:
+        raise XpruneError(f"input shapes differ: {ta.info['input_shape']} vs {tb.info['input_shape']}")
+    return compare_runners(ta.runner, tb.runner, ta.info["input_shape"], inputs=inputs, seed=seed,
+                           precision=precision)

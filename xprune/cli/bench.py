@@ -13,26 +13,15 @@ from xprune.errors import XpruneError
 def cmd_bench(args) -> None:
     from xprune.bench.latency import LatencyProtocol
     from xprune.bench.results import write_results
-    from xprune.bench.run import BenchSettings, bench, open_target
-    if args.data and not Path(args.data).is_dir():
-        raise XpruneError(f"dataset folder not found: {args.data}")
-    paths = list(args.targets) + list(args.engine or [])
-    if not paths:
-        raise XpruneError("nothing to benchmark: pass .onnx / .engine / .pt files (or --engine FILE)")
-    if args.baseline:
-        if len(paths) != 1:
-            raise XpruneError("--baseline compares one candidate with it: give exactly one target")
-        paths = [args.baseline] + paths
-        args.interleave = True  # the point of measuring both in one run
-    targets = [open_target(p, args.device, args.model, args.threads, args.fp16) for p in paths]
-    if args.baseline:
-        targets[0].info["role"], targets[1].info["role"] = "baseline", "candidate"
+    from xprune.bench.run import BenchSettings, bench_files
+    from xprune.runtime.registry import TargetOptions
     protocol = LatencyProtocol(warmup_runs=args.warmup_runs, runs=args.runs, min_s=args.min_seconds)
     settings = BenchSettings(protocol=protocol, interleave=args.interleave, reference_workload=args.reference_workload,
                              data=Path(args.data) if args.data else None, val_images=args.val_images,
                              threads=args.threads)
-    doc = bench(targets, settings, command=" ".join(["xprune", *sys.argv[1:]]),
-                log=lambda m: print(m, file=sys.stderr))
+    options = TargetOptions(device=args.device, model=args.model, threads=args.threads, fp16=args.fp16)
+    doc = bench_files(list(args.targets) + list(args.engine or []), settings, options, baseline=args.baseline,
+                      command=" ".join(["xprune", *sys.argv[1:]]), log=lambda m: print(m, file=sys.stderr))
     write_results(args.out, doc)
     print(format_bench_table(doc["rows"]))
     print(f"results: {args.out}")
@@ -52,38 +41,21 @@ def cmd_gate(args) -> int:
     from xprune.bench.gate import parse_relative, run_gate
     if not 0.0 <= args.max_regression < 1.0:
         raise XpruneError(f"--max-regression must be in [0, 1), got {args.max_regression}")
-    return run_gate(args.baseline, args.current, interleaved=args.interleaved, max_regression=args.max_regression, confidence=args.confidence,
-                    resamples=args.resamples, seed=args.seed, relative=parse_relative(args.relative),
-                    summary=args.summary, verdict_path=args.verdict)
+    return run_gate(args.baseline, args.current, interleaved=args.interleaved, max_regression=args.max_regression,
+                    confidence=args.confidence, resamples=args.resamples, seed=args.seed,
+                    relative=parse_relative(args.relative), summary=args.summary, verdict_path=args.verdict)
 
 
-def _largest_error(result: dict) -> float:
-    return max(o["max_abs_error"] for o in result["outputs"])
-
-
-def cmd_compare(args) -> None:
-    from xprune.bench.run import open_target
-    from xprune.runtime.compare import compare_outputs
-    import numpy as np
-    a, b = open_target(args.a, args.device, args.model), open_target(args.b, args.device, args.model)
-    if a.info["input_shape"] != b.info["input_shape"]:
-        raise XpruneError(f"input shapes differ: {a.info['input_shape']} vs {b.info['input_shape']}")
-    precision = args.precision or b.runner.precision
-    rng = np.random.default_rng(args.seed)
-    worst = None
-    with a.runner, b.runner:
-        for i in range(args.inputs):
-            x = rng.random(a.info["input_shape"], dtype=np.float32)
-            result = compare_outputs(a.runner.infer(x), b.runner.infer(x), precision)
-            if worst is None or not result["passed"] or _largest_error(result) > _largest_error(worst):
-                worst = result
-            if not result["passed"]:
-                break
-    print(json.dumps(worst, indent=2))
-    if not worst["passed"]:
-        print(f"outputs differ beyond the {precision} tolerances", file=sys.stderr)
+def cmd_compare(args) -> int:
+    from xprune.bench.run import compare_files
+    from xprune.runtime.registry import TargetOptions
+    result = compare_files(args.a, args.b, TargetOptions(device=args.device, model=args.model), inputs=args.inputs,
+                           seed=args.seed, precision=args.precision)
+    print(json.dumps(result, indent=2))
+    if not result["passed"]:
+        print(f"outputs differ beyond the {result['precision']} tolerances", file=sys.stderr)
         return 1
-    print(f"outputs agree within the {precision} tolerances on {args.inputs} random inputs")
+    print(f"outputs agree within the {result['precision']} tolerances on {args.inputs} random inputs")
     return 0
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-from xprune.errors import XpruneError
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,13 +45,8 @@ def load_detector(args, num_classes: int | None = None):
 
 
 def classes_from_data(data: str | None, split: str = "val") -> int | None:
+    """The class count of the --data folder, None without one."""
     if not data:
         return None
-    from xprune.data.coco import CocoDetectionSet
-    if not Path(data).is_dir():
-        raise XpruneError(f"dataset folder not found: {data}")
-    for s in ("calib", "train", split):
-        ann = Path(data) / "annotations" / f"instances_{s}.json"
-        if ann.is_file():
-            return CocoDetectionSet.from_folder(data, s, 32, limit=1).num_classes
-    raise XpruneError(f"no annotations/instances_*.json found in {data}")
+    from xprune.data.coco import dataset_num_classes
+    return dataset_num_classes(data, split)

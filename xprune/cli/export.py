@@ -12,7 +12,7 @@ from xprune.errors import XpruneError
 def cmd_export(args) -> None:
     from xprune.export.onnx_export import export_onnx
     if args.engine == "trt":
-        from xprune.export.tensorrt import require_tensorrt
+        from xprune.runtime.tensorrt import require_tensorrt
         require_tensorrt()  # fail before the minutes of export work, not after
     elif any([args.fp16, args.int8, args.timing_cache, args.dynamic_batch]):
         raise XpruneError("--fp16, --int8, --timing-cache and --dynamic-batch apply to --engine trt only")
@@ -25,13 +25,8 @@ def cmd_export(args) -> None:
     write_json(onnx_path.with_suffix(onnx_path.suffix + ".json"), report)
     print(f"ONNX: {onnx_path}")
     if args.engine == "trt":
-        from xprune.export.tensorrt import build_engine
-        calib = None
-        if args.int8:
-            if not args.data:
-                raise XpruneError("--int8 needs calibration images: pass --data DIR")
-            from xprune.data.coco import calibration_set
-            calib = (x.numpy() for x, _, _ in calibration_set(args.data, det.input_size, args.calib_images).batches(1))
+        from xprune.runtime.tensorrt.build import build_engine, calibration_batches
+        calib = calibration_batches(args.data, det.input_size, args.calib_images) if args.int8 else None
         sidecar = build_engine(onnx_path, out, fp16=args.fp16, int8=args.int8, calibration_batches=calib,
                                workspace_gb=args.workspace_gb, timing_cache=args.timing_cache,
                                dynamic_batch=args.dynamic_batch)

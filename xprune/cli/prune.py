@@ -24,16 +24,13 @@ def cmd_data_synth(args) -> None:
 
 def cmd_score(args) -> None:
     from xprune.data.coco import calibration_set
-    from xprune.importance.criteria import CRITERIA
+    from xprune.importance.criteria import get_criterion
     from xprune.importance.scores import score_layers, write_scores
-    if args.method not in CRITERIA:
-        raise XpruneError(f"unknown scoring method '{args.method}'; choose one of: {', '.join(CRITERIA)}")
-    needs_data = CRITERIA[args.method][1]
-    if needs_data and not args.data:
-        raise XpruneError(f"method '{args.method}' needs calibration data: pass --data DIR")
+    criterion = get_criterion(args.method)
     det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
-    calib = calibration_set(args.data, det.input_size, args.calib_images) if needs_data else None
-    doc = score_layers(det, args.method, calib, batch_size=args.batch_size, progress=True, seed=args.seed,
+    use_data = criterion.needs_data and args.data
+    calib = calibration_set(args.data, det.input_size, args.calib_images) if use_data else None
+    doc = score_layers(det, criterion.name, calib, batch_size=args.batch_size, progress=True, seed=args.seed,
                        weights=args.weights)
     write_scores(args.out, doc)
     lowest = sorted(doc["layers"], key=lambda e: e["rank"])[:5]
@@ -45,46 +42,29 @@ def cmd_prune(args) -> None:
     from xprune.files import write_json
     from xprune.importance.scores import read_scores
     from xprune.models import save_checkpoint
-    from xprune.prune.plan import apply_plan, check_rate, plan_pruning
+    from xprune.prune.budget import budget_plan
+    from xprune.prune.plan import apply_plan, plan_pruning
     if args.max_map_drop is not None and args.rate is not None:
         raise XpruneError("--rate and --max-map-drop are exclusive: give one")
-    if args.max_map_drop is None:
-        check_rate(0.05 if args.rate is None else args.rate)
     scores = read_scores(args.scores)
     det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
     if args.max_map_drop is not None:
-        plan = _budget_plan(args, det, scores)
+        plan = budget_plan(det, scores, args.data, args.max_map_drop, args.candidates,
+                           held_out_images=args.held_out_images, max_rate=args.max_rate,
+                           search_report=args.search_report or Path(args.out).with_suffix(".search.json"),
+                           log=lambda message: print(message, file=sys.stderr))
     else:
         plan = plan_pruning(det, scores, 0.05 if args.rate is None else args.rate, args.candidates)
+    plan.weights = args.weights
     apply_plan(det, plan)
     plan_path = args.plan or str(Path(args.out).with_suffix(".plan.json"))
-    plan["weights"] = args.weights
-    save_checkpoint(det, args.out, meta={"pruning": plan})
-    write_json(plan_path, plan)
-    for e in plan["selected"]:
-        print(f"zeroed {e['layer']:<40} score {e['score']:.4g}  ({e['reason']})")
-    for e in plan["skipped"]:
-        print(f"kept   {e['layer']:<40} score {e['score']:.4g}  ({e['reason']})")
-    print(f"{len(plan['selected'])} of {plan['candidates']} candidate layers zeroed -> {args.out}, plan {plan_path}")
-
-
-def _budget_plan(args, det, scores: dict) -> dict:
-    """The largest safe rate whose mAP drop on held-out calibration images stays within --max-map-drop."""
-    from xprune.evaluate.coco_map import evaluate_map
-    from xprune.files import write_json
-    from xprune.prune.budget import check_max_map_drop, held_out_split, scored_calib_images, search_rate
-    check_max_map_drop(args.max_map_drop)
-    if not args.data:
-        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
-    held = held_out_split(args.data, det.input_size, args.held_out_images, skip=scored_calib_images(scores, args.data))
-    report = search_rate(det, scores, lambda d: evaluate_map(d, held)["map"], args.max_map_drop, args.candidates,
-                         max_rate=args.max_rate, log=lambda m: print(m, file=sys.stderr))
-    write_json(args.search_report or str(Path(args.out).with_suffix(".search.json")), report)
-    if report["plan"] is None:
-        raise XpruneError(f"no rate keeps the mAP drop within {args.max_map_drop} (search written beside --out)")
-    plan = report["plan"]
-    plan["budget"] = {k: v for k, v in report.items() if k != "plan"}
-    return plan
+    save_checkpoint(det, args.out, meta={"pruning": plan.to_json()})
+    write_json(plan_path, plan.to_json())
+    for e in plan.selected:
+        print(f"zeroed {e.layer:<40} score {e.score:.4g}  ({e.reason})")
+    for e in plan.skipped:
+        print(f"kept   {e.layer:<40} score {e.score:.4g}  ({e.reason})")
+    print(f"{len(plan.selected)} of {plan.candidates} candidate layers zeroed -> {args.out}, plan {plan_path}")
 
 
 def cmd_evaluate(args) -> None:

@@ -100,10 +100,24 @@ class CocoDetectionSet:
             yield x, targets, samples
 
 
+def first_annotated_split(root: str | Path, splits: tuple[str, ...]) -> str:
+    """The first of `splits` that has ROOT/annotations/instances_SPLIT.json."""
+    root = Path(root)
+    for split in splits:
+        if (root / "annotations" / f"instances_{split}.json").is_file():
+            return split
+    raise XpruneError(f"no annotations/instances_{{{','.join(splits)}}}.json in {root}")
+
+
 def calibration_set(root: str | Path, size: int, images: int) -> CocoDetectionSet:
     """Calibration images: the 'calib' split when the dataset has one, else the start of 'train', else 'val'."""
-    root = Path(root)
-    for split in ("calib", "train", "val"):
-        if (root / "annotations" / f"instances_{split}.json").is_file():
-            return CocoDetectionSet.from_folder(root, split, size, limit=images)
-    raise XpruneError(f"no annotations/instances_{{calib,train,val}}.json in {root}")
+    split = first_annotated_split(root, ("calib", "train", "val"))
+    return CocoDetectionSet.from_folder(root, split, size, limit=images)
+
+
+def dataset_num_classes(root: str | Path, split: str = "val") -> int:
+    """Number of categories of a dataset folder, read from its 'calib', 'train' or else `split` annotations."""
+    if not Path(root).is_dir():
+        raise XpruneError(f"dataset folder not found: {root}")
+    split = first_annotated_split(root, ("calib", "train", split))
+    return CocoDetectionSet.from_folder(root, split, 32, limit=1).num_classes

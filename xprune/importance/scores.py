@@ -17,7 +17,7 @@ from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
 from xprune.evaluate.complexity import complexity
 from xprune.files import display_path, read_json, write_json
-from xprune.importance.criteria import CRITERIA
+from xprune.importance.criteria import get_criterion
 from xprune.models.detector import Detector
 
 SCORES_FORMAT = "xprune-scores-1"
@@ -37,20 +37,19 @@ def calibration_batches(calib: CocoDetectionSet, batch_size: int) -> list[tuple[
 
 def score_layers(detector: Detector, method: str, calib: CocoDetectionSet | None = None, batch_size: int = 8,
                  progress: bool = False, seed: int = 0, weights: str = "") -> dict:
-    if method not in CRITERIA:
-        raise XpruneError(f"unknown scoring method '{method}'; choose one of: {', '.join(CRITERIA)}")
-    fn, needs_data, about = CRITERIA[method]
+    criterion = get_criterion(method)
     torch.manual_seed(seed)
     batches = None
     calibration = None
-    if needs_data:
+    if criterion.needs_data:
         if calib is None:
-            raise XpruneError(f"method '{method}' needs calibration data (--data)")
+            raise XpruneError(f"method '{method}' needs calibration data: pass --data DIR")
         batches = calibration_batches(calib, batch_size)
         calibration = {"annotations": display_path(calib.annotations), "images": len(calib), "batch_size": batch_size,
                        "batches": len(batches)}
     t0 = time.perf_counter()
-    scores = fn(detector, batches, progress=progress, seed=seed, **({"total": len(batches)} if needs_data else {}))
+    scores = criterion.score(detector, batches, progress=progress, seed=seed,
+                             total=len(batches) if batches is not None else None)
     seconds = time.perf_counter() - t0
     bad = [n for n, s in scores.items() if not math.isfinite(s)]
     if bad:
@@ -64,7 +63,7 @@ def score_layers(detector: Detector, method: str, calib: CocoDetectionSet | None
                "macs": macs.get(n, 0), "score": scores[n], "rank": rank[n], "predictor": n in predictors}
               for n, c in convs.items()]
     return {"format": SCORES_FORMAT, "model": detector.family, "weights": weights, "method": method,
-            "about": about, "input_size": detector.input_size, "seed": seed, "calibration": calibration,
+            "about": criterion.about, "input_size": detector.input_size, "seed": seed, "calibration": calibration,
             "seconds": round(seconds, 3), "layers": layers}
 
 

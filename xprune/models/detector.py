@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_convert
+from torchvision.ops import batched_nms
 
-# COCO evaluation settings (DESIGN.md "Measurement protocol").
+# COCO evaluation settings, the same for every backend: scores above 0.001, at most 100 detections per image.
 SCORE_THRESHOLD = 0.001
 MAX_DETECTIONS = 100
 NMS_IOU = 0.5
@@ -115,7 +115,3 @@ def postprocess(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: floa
         kept = batched_nms(bx, sc, label, iou)[:max_detections]
         out.append({"boxes": bx[kept], "scores": sc[kept], "labels": label[kept]})
     return out
-
-
-def xywh_to_xyxy(t: torch.Tensor) -> torch.Tensor:
-    return box_convert(t, "cxcywh", "xyxy")

@@ -46,8 +46,11 @@ class TorchvisionDetector(Detector):
         return ImageList(normed, [tuple(x.shape[-2:])] * x.shape[0])
 
 
-class SSDDetector(TorchvisionDetector):
-    """torchvision SSD / SSDlite: softmax scores over background + classes, anchors decoded in-graph."""
+class SingleStageDetector(TorchvisionDetector):
+    """One-stage anchor heads (SSD, SSDlite, RetinaNet): every anchor decoded in-graph; class 0 is background."""
+
+    def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def raw(self, x):
         m = self.model
@@ -57,21 +60,22 @@ class SSDDetector(TorchvisionDetector):
         anchors = m.anchor_generator(images, features)
         boxes = torch.stack([m.box_coder.decode_single(r, a) for r, a in zip(head["bbox_regression"], anchors)])
         boxes = boxes.clamp(0, float(self.input_size))
-        scores = head["cls_logits"].softmax(-1)[..., 1:]
+        scores = self.class_probabilities(head["cls_logits"])[..., 1:]
         return boxes, scores
 
 
-class RetinaNetDetector(TorchvisionDetector):
-    def raw(self, x):
-        m = self.model
-        images = self._image_list(x)
-        features = list(m.backbone(images.tensors).values())
-        head = m.head(features)
-        anchors = m.anchor_generator(images, features)
-        boxes = torch.stack([m.box_coder.decode_single(r, a) for r, a in zip(head["bbox_regression"], anchors)])
-        boxes = boxes.clamp(0, float(self.input_size))
-        scores = head["cls_logits"].sigmoid()[..., 1:]
-        return boxes, scores
+class SSDDetector(SingleStageDetector):
+    """torchvision SSD / SSDlite: softmax scores over background + classes."""
+
+    def class_probabilities(self, logits):
+        return logits.softmax(-1)
+
+
+class RetinaNetDetector(SingleStageDetector):
+    """torchvision RetinaNet: independent sigmoid scores per class."""
+
+    def class_probabilities(self, logits):
+        return logits.sigmoid()
 
 
 class FasterRCNNDetector(TorchvisionDetector):

@@ -4,8 +4,9 @@ computed from eval-mode outputs so BatchNorm statistics stay frozen."""
 from __future__ import annotations
 
 import torch
+from torchvision.ops import box_convert
 
-from xprune.models.detector import Detector, xywh_to_xyxy
+from xprune.models.detector import Detector
 
 
 def quiet_ultralytics_env() -> None:
@@ -66,7 +67,12 @@ class YoloDetector(Detector):
 
     def raw(self, x):
         y = self.model(x)
-        y = y[0] if isinstance(y, (tuple, list)) else y  # [B, 4 + C, N]: xywh in pixels, then sigmoid scores
-        boxes = xywh_to_xyxy(y[:, :4].transpose(1, 2))
-        scores = y[:, 4:].transpose(1, 2)
-        return boxes, scores
+        return decode_yolo_output(y[0] if isinstance(y, (tuple, list)) else y)
+
+
+def decode_yolo_output(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """YOLOv8's detection output [B, 4 + C, N] (cx, cy, w, h in input pixels, then per-class sigmoid scores) ->
+    (boxes xyxy [B, N, 4], scores [B, N, C]), the raw-head convention of every family."""
+    boxes = box_convert(y[:, :4].transpose(1, 2), "cxcywh", "xyxy")
+    scores = y[:, 4:].transpose(1, 2)
+    return boxes, scores

@@ -19,15 +19,19 @@ Every measured k is reported with its rate, mAP and drop. The layers are zeroed 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
+from xprune.evaluate.coco_map import evaluate_map
+from xprune.files import write_json
 from xprune.models.detector import Detector
-from xprune.prune.plan import POLICIES, check_rate, float64_probe, outputs_depend_on_input, plan_pruning, zeroed
+from xprune.prune.plan import Infeasible, Plan, Selection, check_rate, layers_for_rate, zeroed
 
 # Slack on the drop comparison: COCOeval's mAP is a mean of interpolated precisions, 1e-9 is far below its
 # resolution but absorbs float noise such as 0.5 - 0.49 > 0.01.
@@ -81,89 +85,77 @@ def held_out_split(root: str | Path, size: int, images: int, skip: int = 0) -> C
     return data
 
 
-class _Ladder:
-    """The plan's selection for every k, built lazily: candidates in the plan's order, and under `safe` the
-    same greedy dependence check as `plan_pruning`, so prefix(k) equals plan_pruning's selection at k."""
+@dataclass
+class BudgetSearch:
+    """What `search_rate` measured and chose. `plan` is the plan at the chosen rate (None when no k >= 1 is within
+    budget); everything else is the search record a plan chosen this way carries as its `budget`."""
 
-    def __init__(self, detector: Detector, scores: dict, policy: str):
-        convs = detector.conv_layers()
-        missing = [e["layer"] for e in scores["layers"] if e["layer"] not in convs]
-        if missing:
-            raise XpruneError(f"scores name {len(missing)} layers this model does not have (first: {missing[0]})")
-        predictors = set(detector.predictor_layers)
-        self.candidates = sorted((e for e in scores["layers"] if policy == "all" or e["layer"] not in predictors),
-                                 key=lambda e: (e["score"], e["layer"]))
-        self.policy = policy
-        self.detector = detector
-        self.probe: Detector | None = None
-        self.selected: list[str] = []
-        self.next = 0
+    search: str  # "bisection+lookahead" or "grid"
+    policy: str
+    max_map_drop: float
+    candidates: int
+    max_k: int
+    lookahead: int | None  # None for a grid
+    baseline_map: float
+    evaluations: list[dict[str, Any]]  # every measured k in order: k, rate, map, drop, within, feasible
+    monotone: bool  # drops non-decreasing in k over the measured k
+    chosen: dict[str, Any]  # k, rate, map, drop
+    rate: float | None
+    plan: Plan | None
+    seconds: float
 
-    def prefix(self, k: int) -> list[str] | None:
-        """The first k layers of the plan, or None when no plan of k layers exists (safe ran out)."""
-        while len(self.selected) < k and self.next < len(self.candidates):
-            name = self.candidates[self.next]["layer"]
-            self.next += 1
-            if self.policy == "safe":
-                if self.probe is None:
-                    self.probe = float64_probe(self.detector)
-                probe = self.probe
-                with zeroed(probe, self.selected + [name]):
-                    if not outputs_depend_on_input(probe):
-                        continue
-            self.selected.append(name)
-        return self.selected[:k] if len(self.selected) >= k else None
+    def record(self) -> dict:
+        """The search without its plan: what the chosen plan stores as `budget`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan"}
+
+    def to_json(self) -> dict:
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["plan"] = self.plan.to_json() if self.plan is not None else None
+        return doc
 
 
 def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector], float], max_map_drop: float,
                 policy: str = "safe", rates: Sequence[float] | None = None, max_rate: float | None = None,
-                lookahead: int = 3, log: Callable[[str], None] | None = None) -> dict:
+                lookahead: int = 3, log: Callable[[str], None] | None = None) -> BudgetSearch:
     """The largest pruning rate whose mAP drop on the caller's held-out split is at most `max_map_drop`.
 
     evaluate(detector) -> mAP (a fraction, e.g. COCO mAP@[.5:.95] from `evaluate_map(...)["map"]`) on the held-out
     split (`held_out_split`); called once for the baseline and once per measured k, with the layers zeroed in
     place. rates=None: bisection + linear lookahead over k (module docstring), up to max_rate if given;
-    rates=[...]: measure exactly those rates (plan_pruning's k = max(1, round(rate x candidates))).
-
-    Returns {"search", "policy", "max_map_drop", "candidates", "max_k", "baseline_map", "evaluations" (every
-    measured k in order: k, rate, map, drop, within, feasible), "monotone" (drops non-decreasing in k over the
-    measured k), "chosen" {k, rate, map, drop}, "rate" (None when no k >= 1 is within budget), "plan"
-    (plan_pruning's plan at that rate, or None), "seconds"}."""
+    rates=[...]: measure exactly those rates (k = `layers_for_rate(rate, candidates)`, as `plan_pruning`)."""
     t0 = time.perf_counter()
     max_map_drop = check_max_map_drop(max_map_drop)
-    if policy not in POLICIES:
-        raise XpruneError(f"unknown candidate policy '{policy}'; choose one of: {', '.join(POLICIES)}")
-    if scores.get("model") != detector.family:
-        raise XpruneError(f"scores are for {scores.get('model')}, not {detector.family}")
     if lookahead < 1:
         raise XpruneError(f"lookahead must be >= 1, got {lookahead}")
+    if rates is not None and not rates:
+        raise XpruneError("rates must name at least one rate")
+    if rates is not None and max_rate is not None:
+        raise XpruneError("pass either rates (a grid) or max_rate (a bound on the bisection), not both")
     say = log or (lambda message: None)
-    ladder = _Ladder(detector, scores, policy)
-    n = len(ladder.candidates)
+    selection = Selection(detector, scores, policy)
+    n = selection.candidates
     top = n - 1  # plan rates are < 1
     if max_rate is not None:
-        check_rate(max_rate)
-        top = min(top, round(max_rate * n))
-
-    def rate_of(k: int) -> float:
-        return k / n
+        top = min(top, round(check_rate(max_rate) * n))
 
     baseline = _measure(evaluate, detector)
     say(f"baseline mAP {baseline:.4f} ({n} candidate layers, budget {max_map_drop:.4f})")
     evaluations: list[dict[str, Any]] = [{"k": 0, "rate": 0.0, "map": baseline, "drop": 0.0, "within": True,
                                           "feasible": True}]
     by_k = {0: evaluations[0]}
+    plans: dict[int, Plan] = {}
 
     def measure(k: int, rate: float | None = None) -> dict[str, Any]:
         if k in by_k:
             return by_k[k]
-        rate = rate_of(k) if rate is None else rate
-        layers = ladder.prefix(k)
-        if layers is None:
+        rate = k / n if rate is None else rate
+        plan = selection.plan(k, rate)
+        if isinstance(plan, Infeasible):
             row: dict[str, Any] = {"k": k, "rate": rate, "map": None, "drop": None, "within": False, "feasible": False}
             say(f"k={k} rate={rate:.4f}: no {policy} plan zeroes {k} layers")
         else:
-            with zeroed(detector, layers):
+            plans[k] = plan
+            with zeroed(detector, plan.layers):
                 value = _measure(evaluate, detector)
             drop = baseline - value
             row = {"k": k, "rate": rate, "map": value, "drop": drop, "within": drop <= max_map_drop + DROP_TOLERANCE,
@@ -176,12 +168,8 @@ def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector],
 
     if rates is not None:
         search = "grid"
-        if not rates:
-            raise XpruneError("rates must name at least one rate")
-        if max_rate is not None:
-            raise XpruneError("pass either rates (a grid) or max_rate (a bound on the bisection), not both")
-        wanted = sorted({max(1, round(check_rate(float(r)) * n)): float(r) for r in rates}.items())
-        for k, rate in wanted:  # plan_pruning's own k for each rate; duplicates measured once
+        wanted = sorted({layers_for_rate(check_rate(float(r)), n): float(r) for r in rates}.items())
+        for k, rate in wanted:  # duplicates measured once
             measure(k, rate)
     else:
         search = "bisection+lookahead"
@@ -197,32 +185,42 @@ def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector],
             row = measure(k)
             if not row["feasible"]:
                 break  # safe plans are prefixes: no larger k is feasible either
-            if row["within"]:
-                misses = 0
-            else:
-                misses += 1
+            misses = 0 if row["within"] else misses + 1
             k += 1
 
-    admissible = [r for r in evaluations if r["within"]]
-    chosen = max(admissible, key=lambda r: r["k"])
-    plan = None
-    if chosen["k"] > 0:
-        plan = plan_pruning(detector, scores, chosen["rate"], policy)
-        planned = [e["layer"] for e in plan["selected"]]
-        if planned != ladder.prefix(chosen["k"]):
-            raise XpruneError("internal error: the budget search's layers differ from plan_pruning's; report this")
+    chosen = max((r for r in evaluations if r["within"]), key=lambda r: r["k"])
     measured = sorted((r for r in evaluations if r["feasible"]), key=lambda r: r["k"])
     monotone = all(a["drop"] <= b["drop"] for a, b in zip(measured, measured[1:]))
     if chosen["k"] == 0:
         say(f"no rate keeps the mAP drop within {max_map_drop:.4f}")
     else:
         say(f"chosen k={chosen['k']} rate={chosen['rate']:.4f}: mAP {chosen['map']:.4f}, drop {chosen['drop']:+.4f}")
-    return {"search": search, "policy": policy, "max_map_drop": max_map_drop, "candidates": n, "max_k": top,
-            "lookahead": lookahead if rates is None else None, "baseline_map": baseline,
-            "evaluations": evaluations, "monotone": monotone,
-            "chosen": {k: chosen[k] for k in ("k", "rate", "map", "drop")},
-            "rate": chosen["rate"] if chosen["k"] > 0 else None, "plan": plan,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return BudgetSearch(search=search, policy=policy, max_map_drop=max_map_drop, candidates=n, max_k=top,
+                        lookahead=lookahead if rates is None else None, baseline_map=baseline,
+                        evaluations=evaluations, monotone=monotone,
+                        chosen={k: chosen[k] for k in ("k", "rate", "map", "drop")},
+                        rate=chosen["rate"] if chosen["k"] > 0 else None, plan=plans.get(chosen["k"]),
+                        seconds=round(time.perf_counter() - t0, 3))
+
+
+def budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_map_drop: float,
+                policy: str = "safe", held_out_images: int = 64, max_rate: float | None = None,
+                search_report: str | Path | None = None, log: Callable[[str], None] | None = None) -> Plan:
+    """The plan at the largest rate whose COCO mAP drop on DATA's held-out calib images (`held_out_split`, after
+    the images the scores were computed on) stays within `max_map_drop`; it carries the search as `budget`.
+    The search is written to `search_report` when given, also when no rate fits (then XpruneError)."""
+    max_map_drop = check_max_map_drop(max_map_drop)
+    if not data:
+        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
+    held = held_out_split(data, detector.input_size, held_out_images, skip=scored_calib_images(scores, data))
+    search = search_rate(detector, scores, lambda d: evaluate_map(d, held)["map"], max_map_drop, policy,
+                         max_rate=max_rate, log=log)
+    if search_report is not None:
+        write_json(search_report, search.to_json())
+    if search.plan is None:
+        where = f" (search written to {search_report})" if search_report is not None else ""
+        raise XpruneError(f"no rate keeps the mAP drop within {max_map_drop}{where}")
+    return dataclasses.replace(search.plan, budget=search.record())
 
 
 def _measure(evaluate: Callable[[Detector], float], detector: Detector) -> float:

@@ -3,16 +3,28 @@
 An element passes when |a - b| <= atol + rtol * |b| (numpy.allclose, b the reference). Reduced precision moves raw
 head outputs by amounts that are harmless after NMS, so fp16 and int8 get looser bounds than fp32. For int8 an
 elementwise bound is only a smoke test: the mAP difference is what decides whether a calibration is good.
+
+`compare_runners` drives both runners through polygraphy's `Comparator` (any xprune runner fits it through
+`PolygraphyRunner`). The verdict stays `compare_outputs`: polygraphy's `CompareFunc.simple` passes an element when
+|a - b| <= max(atol, rtol * |b|), a stricter bound than the sum above, and reports neither mismatch counts nor
+non-finite elements.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from polygraphy.backend.base import BaseRunner
 
 from xprune.errors import XpruneError
+
+if TYPE_CHECKING:
+    from xprune.runtime.base import Runner
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"rtol": 1e-3, "atol": 1e-4},
@@ -62,3 +74,70 @@ def compare_outputs(a: Sequence[np.ndarray], b: Sequence[np.ndarray], precision:
                         "nonfinite": nonfinite, "passed": mismatched == 0})
     return {"precision": precision, "rtol": rtol, "atol": atol, "reference": "b",
             "passed": all(r["passed"] for r in results), "outputs": results}
+
+
+INPUT_NAME = "images"
+
+
+class PolygraphyRunner(BaseRunner):
+    """An xprune runner seen as a polygraphy runner: one input named `images`, outputs named output0, output1, ..."""
+
+    def __init__(self, runner: Runner, input_shape: Sequence[int], name: str):
+        super().__init__(name=name)
+        self.runner, self.input_shape = runner, [int(d) for d in input_shape]
+
+    def activate_impl(self) -> None:
+        self.runner.__enter__()
+
+    def deactivate_impl(self) -> None:
+        self.runner.__exit__(None, None, None)
+
+    def get_input_metadata_impl(self):
+        from polygraphy.common import TensorMetadata
+
+        return TensorMetadata().add(INPUT_NAME, dtype=np.float32, shape=self.input_shape)
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        outputs = self.runner.infer(feed_dict[INPUT_NAME])
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict((f"output{i}", out) for i, out in enumerate(outputs))
+
+
+def compare_runners(a: Runner, b: Runner, input_shape: Sequence[int], inputs: int = 4, seed: int = 0,
+                    precision: str | None = None) -> dict[str, Any]:
+    """Run `a` and `b` on the same seeded random inputs and compare their outputs (`b` is the reference; its
+    precision picks the tolerances unless `precision` is given). polygraphy prints nothing: its progress lines
+    would mix with the report on stdout.
+
+    Returns the report of the first input that fails, or else of the input with the largest absolute error.
+    """
+    from polygraphy.comparator import Comparator
+    from polygraphy.exception import PolygraphyException
+    from xprune.runtime.base import silent_polygraphy
+
+    precision = precision or b.precision
+    tolerance(precision)
+    rng = np.random.default_rng(seed)
+    feeds = ({INPUT_NAME: rng.random(input_shape, dtype=np.float32)} for _ in range(inputs))
+    runners = [PolygraphyRunner(a, input_shape, "a"), PolygraphyRunner(b, input_shape, "b")]
+    worst = None
+    try:
+        with silent_polygraphy(), \
+                contextlib.closing(Comparator.run(runners, data_loader=feeds, streaming=True)) as stream:
+            for results in stream:
+                out_a, out_b = (list(iterations[0].values()) for _, iterations in results.items())
+                result = compare_outputs(out_a, out_b, precision)
+                if worst is None or not result["passed"] or _largest_error(result) > _largest_error(worst):
+                    worst = result
+                if not result["passed"]:
+                    break
+    except PolygraphyException as e:
+        raise XpruneError(f"comparison failed: {str(e).strip().splitlines()[0][:200]}") from None
+    if worst is None:
+        raise XpruneError("no inputs to compare on")
+    return worst
+
+
+def _largest_error(result: dict) -> float:
+    return max(o["max_abs_error"] for o in result["outputs"])

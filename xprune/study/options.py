@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from xprune.bench.latency import LatencyProtocol
+from xprune.runtime.registry import BACKENDS
 
 ACCURACY_MODELS = ["yolov8n", "ssdlite320-mbv3"]
 SPEED_MODELS = ["ssd-mobilenetv2", "ssd-shufflenetv2"]
@@ -31,7 +32,7 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
     ap.add_argument("--no-peer", action="store_true", help="skip the Ultralytics export comparison")
     ap.add_argument("--onnx-map", action="store_true",
                     help="also measure mAP through ONNX Runtime for every variant (adds ~40%% to accuracy models)")
-    ap.add_argument("--backends", nargs="+", default=None, help="default: torch onnxruntime tensorrt")
+    ap.add_argument("--backends", nargs="+", default=None, help=f"default: {' '.join(BACKENDS)}")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the exported ONNX files in OUT/onnx")
     ap.add_argument("--quick", action="store_true",
                     help="tiny smoke settings: random-init yolov8n at 64 px, rates 0.02 0.05, 3 timed runs, 8 images")
@@ -52,7 +53,7 @@ def settings_from_args(args: argparse.Namespace, log=print):
             val_images=args.val_images or 8, batch_size=4, use_reference=False, speed_input_size=64,
             latency=LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0),
             threads=args.threads, onnx_map=args.onnx_map, peer=not args.no_peer,
-            backends=tuple(args.backends or ("torch", "onnxruntime", "tensorrt")), keep_onnx=args.keep_onnx,
+            backends=tuple(args.backends or BACKENDS), keep_onnx=args.keep_onnx,
             command=command)
     models = args.models or ACCURACY_MODELS + SPEED_MODELS
     refs = reference_models()
@@ -68,5 +69,5 @@ def settings_from_args(args: argparse.Namespace, log=print):
         latency=LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=args.runs, min_s=args.min_s),
         speed_latency=LatencyProtocol(warmup_runs=5, warmup_s=1.0, runs=args.speed_runs, min_s=args.min_s),
         threads=args.threads, onnx_map=args.onnx_map, peer=not args.no_peer,
-        backends=tuple(args.backends or ("torch", "onnxruntime", "tensorrt")), keep_onnx=args.keep_onnx,
+        backends=tuple(args.backends or BACKENDS), keep_onnx=args.keep_onnx,
         command=command)

@@ -6,7 +6,7 @@ per-class sigmoid scores. `decode_ultralytics` turns that into xprune's raw-head
 scores `[1, N, C]`) and `UltralyticsOnnxRunner.predict` hands it to `xprune.models.detector.postprocess`, the NMS
 every other backend uses, so an mAP difference between the peer and xprune's export is the graph's, not the
 plumbing's. Timing (`infer`) is the bare ONNX Runtime call, exactly as for xprune's own ONNX files; the decode is
-outside the timed region for the peer, while xprune's graph carries its transpose and xywh->xyxy inside.
+outside the timed region for the peer, while xprune's graph carries its transpose and cxcywh->xyxy inside.
 
 The export goes through Ultralytics' public API on a checkpoint in Ultralytics' own format:
 `YOLO(ckpt).export(format="onnx", imgsz=S, device="cpu")` with every other argument at Ultralytics' defaults (opset
@@ -33,8 +33,9 @@ import torch
 
 from xprune.errors import XpruneError
 from xprune.files import atomic_path, file_sha256
-from xprune.models.detector import Detector, postprocess, xywh_to_xyxy
-from xprune.runtime.backends import OnnxRuntimeRunner
+from xprune.models.detector import Detector, postprocess
+from xprune.models.yolo import decode_yolo_output, quiet_ultralytics_env
+from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
 
 def ultralytics_version() -> str | None:
@@ -70,7 +71,6 @@ def export_ultralytics_onnx(detector: Detector, out: str | Path, class_names: li
     """Export with Ultralytics' own exporter at the detector's input size and Ultralytics' defaults otherwise.
     Returns what the study records about the file (settings used, nodes, MACs, hash)."""
     from xprune.export.fold import count_macs
-    from xprune.models.yolo import quiet_ultralytics_env
 
     quiet_ultralytics_env()
     try:
@@ -124,9 +124,7 @@ def decode_ultralytics(output: np.ndarray | torch.Tensor) -> tuple[torch.Tensor,
     y = torch.as_tensor(np.asarray(output)).float()
     if y.dim() != 3 or y.shape[1] < 5:
         raise XpruneError(f"expected an Ultralytics detection output [B, 4 + C, N], got {list(y.shape)}")
-    boxes = xywh_to_xyxy(y[:, :4].transpose(1, 2))
-    scores = y[:, 4:].transpose(1, 2)
-    return boxes, scores
+    return decode_yolo_output(y)
 
 
 class UltralyticsOnnxRunner(OnnxRuntimeRunner):

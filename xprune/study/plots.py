@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from xprune.runtime.registry import BACKENDS  # noqa: E402
+
 COLORS = {"baseline": "black", "l1": "tab:blue", "attr": "tab:red", "taylor": "tab:green", "hrank": "tab:purple",
           "gradshap": "tab:orange", "random": "tab:gray"}
 MARKERS = {"torch": "o", "onnxruntime": "s", "tensorrt": "^"}
@@ -102,7 +104,7 @@ def rate_sweep_map(study: dict, path: Path) -> Path | None:
 
 
 def rate_sweep_fps(study: dict, path: Path) -> Path | None:
-    backends = [b for b in ("torch", "onnxruntime", "tensorrt") if _rows(study, backend=b)]
+    backends = [b for b in BACKENDS if _rows(study, backend=b)]
     if not backends:
         return None
     fig, axes = _panels(len(backends))
@@ -197,6 +199,6 @@ def make_plots(study: dict, out_dir: str | Path) -> dict[str, Path]:
     figs["rate-sweep-map"] = rate_sweep_map(study, out / "rate-sweep-map.png")
     figs["rate-sweep-fps"] = rate_sweep_fps(study, out / "rate-sweep-fps.png")
     figs["macs-vs-map"] = macs_vs_map(study, out / "macs-vs-map.png")
-    for b in ("torch", "onnxruntime", "tensorrt"):
+    for b in BACKENDS:
         figs[f"fps-vs-map-{b}"] = fps_vs_map(study, b, out / f"fps-vs-map-{b}.png")
     return {k: v for k, v in figs.items() if v is not None}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from xprune.errors import XpruneError
 from xprune.files import read_json, write_with
+from xprune.runtime.registry import BACKENDS
 
 from xprune.study.sweep import FORMAT, STUDY_FILE
 
@@ -237,7 +238,7 @@ def render(study: dict, figures: dict[str, Path]) -> str:
     lines += ["## Models", ""] + _models(study) + [
         "", "Speed-only models have no trained weights here: random initialisation, so no mAP is reported for them "
         "and their attr ranking is that of an untrained network.", ""]
-    for b in ("torch", "onnxruntime", "tensorrt"):
+    for b in BACKENDS:
         lines += _backend_section(study, b)
     if not any(r["backend"] == "tensorrt" for r in study["rows"]):
         lines += ["## TensorRT", "", f"tensorrt: {study.get('tensorrt')}", ""]

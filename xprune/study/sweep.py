@@ -1,4 +1,5 @@
-"""`run_study`: the paper's experiment (seeds/, sections 3-4, Table 2, Figs 1-3), measured honestly.
+"""`run_study`: the experiment of the paper "Explainability-Inspired Layer-Wise Pruning of Deep Neural Networks for
+Efficient Object Detection" (sections 3-4, Table 2, Figs 1-3), measured honestly.
 
 For every model: score each conv layer once per criterion, then for every pruning rate zero the bottom of that one
 ranking (safe candidate policy: the rates are prefixes of the same greedy selection), and measure
@@ -38,13 +39,15 @@ from xprune.bench.latency import LatencyProtocol
 from xprune.errors import XpruneError
 from xprune.files import display_path
 from xprune.models.detector import Detector
-from xprune.runtime.backends import OnnxRuntimeRunner
+from xprune.prune.plan import Infeasible, Plan
+from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
+from xprune.runtime.registry import BACKENDS as RUNTIME_BACKENDS
 
 FORMAT = "xprune-study-1"
 DEFAULT_MODELS = ("yolov8n", "ssdlite320-mbv3")
 DEFAULT_CRITERIA = ("l1", "attr")
 DEFAULT_RATES = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = tuple(RUNTIME_BACKENDS)
 FIGURE_RATE = 0.05  # the paper's rate: the layers marked in the importance figure (Fig. 2)
 STUDY_FILE = "study.json"
 
@@ -126,38 +129,6 @@ class StudySettings:
         d["criteria"], d["rates"], d["backends"] = list(self.criteria), list(self.rates), list(self.backends)
         d["speed_rates"] = list(self.speed_rates) if self.speed_rates else None
         return d
-
-
-# --- pruning plans: one ranking per criterion, every rate a prefix of it ----------------------------------------
-
-def wanted_layers(rate: float, candidates: int) -> int:
-    """How many layers `plan_pruning` zeroes at `rate` (at least one)."""
-    return max(1, round(rate * candidates))
-
-
-def prefix_plans(detector, scores: dict, rates: tuple[float, ...], policy: str) -> dict[float, dict]:
-    """{rate: plan} equal to `plan_pruning(detector, scores, rate, policy)` for every rate, from one plan at the
-    largest feasible rate: the greedy selection is deterministic, so a smaller rate's selection is its prefix.
-    A rate that cannot be reached (too few safe layers) maps to {"infeasible": reason}."""
-    from xprune.prune.plan import plan_pruning
-
-    out: dict[float, dict] = {}
-    full = None
-    for rate in sorted(set(rates), reverse=True):
-        if full is None:
-            try:
-                full = plan_pruning(detector, scores, rate, policy)
-            except XpruneError as e:
-                out[rate] = {"infeasible": str(e)}
-                continue
-        n = wanted_layers(rate, full["candidates"])
-        selected = full["selected"][:n]
-        last = selected[-1]["candidate_rank"]
-        skipped = [s for s in full["skipped"] if s["candidate_rank"] < last]
-        out[rate] = {**full, "rate": rate, "selected": selected, "skipped": skipped,
-                     "zeroed_params": sum(e["params"] for e in selected),
-                     "zeroed_conv_macs": sum(e["macs"] for e in selected)}
-    return {r: out[r] for r in rates}
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
@@ -259,7 +230,7 @@ class _Study:
     def run_model(self, name: str, data: Path, work: Path, backends: dict) -> tuple[dict, list[dict], dict | None]:
         from xprune.data.coco import CocoDetectionSet, calibration_set
         from xprune.importance.scores import score_layers, write_scores
-        from xprune.prune.plan import apply_plan
+        from xprune.prune.plan import apply_plan, layers_for_rate, plans_for_rates
 
         t_model = time.perf_counter()
         det, weights = self.load(name, data)
@@ -280,7 +251,7 @@ class _Study:
         candidate_mask = [self.s.policy == "all" or n not in predictors for n in convs]
         layer_scores: dict[str, Any] = {"layers": convs, "predictor": [n in predictors for n in convs],
                         "candidate": candidate_mask, "criteria": {}}
-        plans: dict[str, dict[float, dict]] = {}
+        plans: dict[str, dict[float, Plan | Infeasible]] = {}
         for method in self.s.criteria:
             self.log(f"[{name}] scoring with {method}")
             scores = score_layers(det, method, calib, batch_size=self.s.batch_size, progress=self.s.progress,
@@ -288,14 +259,13 @@ class _Study:
             write_scores(self.out / "scores" / f"{name}-{method}.json", scores)
             by_layer = {e["layer"]: e["score"] for e in scores["layers"]}
             self.log(f"[{name}] planning {method} at rates {', '.join(f'{r:g}' for r in rates)} ({self.s.policy})")
-            plans[method] = prefix_plans(det, scores, rates, self.s.policy)
+            plans[method] = plans_for_rates(det, scores, rates, self.s.policy)
             cands = sorted((by_layer[n], n) for n, c in zip(convs, candidate_mask) if c)
-            k = wanted_layers(FIGURE_RATE, len(cands))
+            k = layers_for_rate(FIGURE_RATE, len(cands))
             layer_scores["criteria"][method] = {
                 "scores": [by_layer[n] for n in convs], "seconds": scores["seconds"],
                 "bottom": [n for _, n in cands[:k]], "bottom_rate": FIGURE_RATE,
-                "zeroed": {f"{r:g}": [e["layer"] for e in p["selected"]] for r, p in plans[method].items()
-                           if "infeasible" not in p}}
+                "zeroed": {f"{r:g}": p.layers for r, p in plans[method].items() if not isinstance(p, Infeasible)}}
 
         # 2. distinct variants
         base = _Variant("baseline", "baseline", (), det, [("baseline", 0.0)])
@@ -303,15 +273,15 @@ class _Study:
         infeasible = []
         for method, by_rate in plans.items():
             for rate, plan in by_rate.items():
-                if "infeasible" in plan:
-                    infeasible.append({"method": method, "rate": rate, "reason": plan["infeasible"]})
+                if isinstance(plan, Infeasible):
+                    infeasible.append({"method": method, "rate": rate, "reason": plan.reason})
                     continue
-                layers = tuple(e["layer"] for e in plan["selected"])
+                layers = tuple(plan.layers)
                 key = frozenset(layers)
                 if key not in variants:
                     pruned = copy.deepcopy(det)
                     apply_plan(pruned, plan)
-                    pruned.meta = {"pruning": plan}
+                    pruned.meta = {"pruning": plan.to_json()}
                     variants[key] = _Variant(f"{method}-{len(layers)}", method, layers, pruned)
                 variants[key].uses.append((method, rate))
         all_variants = [base, *variants.values()]
@@ -342,7 +312,7 @@ class _Study:
                              "nodes_after": rep["nodes_after"], "macs_before_fold": rep["macs_before"],
                              "effective_macs": rep["macs_after"], "params_after_fold": rep["params"],
                              "removed_mac_fraction": rep["removed_mac_fraction"], "dead_outputs": rep["dead_outputs"]})
-                from xprune.runtime.backends import OnnxRuntimeRunner
+                from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
                 with torch.no_grad():
                     ref_out = [o.numpy() for o in v.detector.raw(torch.from_numpy(x_probe))]
                 with OnnxRuntimeRunner(v.onnx, threads=self.s.threads) as r:
@@ -415,12 +385,12 @@ class _Study:
         return model_doc, rows, peer
 
     @staticmethod
-    def plan_brief(plan: dict) -> dict:
-        if "infeasible" in plan:
-            return plan
-        return {"layers": [e["layer"] for e in plan["selected"]], "candidates": plan["candidates"],
-                "skipped": [{"layer": e["layer"], "reason": e["reason"]} for e in plan["skipped"]],
-                "zeroed_params": plan["zeroed_params"], "zeroed_conv_macs": plan["zeroed_conv_macs"]}
+    def plan_brief(plan: Plan | Infeasible) -> dict:
+        if isinstance(plan, Infeasible):
+            return {"infeasible": plan.reason}
+        return {"layers": plan.layers, "candidates": plan.candidates,
+                "skipped": [{"layer": e.layer, "reason": e.reason} for e in plan.skipped],
+                "zeroed_params": plan.zeroed_params, "zeroed_conv_macs": plan.zeroed_conv_macs}
 
     def row(self, name, accuracy, backend, v: _Variant, method, rate, t: dict, b: dict, base: _Variant) -> dict:
         info, binfo = v.info, base.info
@@ -457,10 +427,9 @@ class _Study:
                 per_rate = {}
                 for r in rates:
                     pa, pb = plans[a][r], plans[bname][r]
-                    if "infeasible" in pa or "infeasible" in pb:
+                    if isinstance(pa, Infeasible) or isinstance(pb, Infeasible):
                         continue
-                    la = {e["layer"] for e in pa["selected"]}
-                    lb = {e["layer"] for e in pb["selected"]}
+                    la, lb = set(pa.layers), set(pb.layers)
                     per_rate[f"{r:g}"] = {"common": sorted(la & lb), "overlap": len(la & lb) / max(len(la), 1)}
                 ba = set(layer_scores["criteria"][a]["bottom"])
                 bb = set(layer_scores["criteria"][bname]["bottom"])
@@ -472,7 +441,7 @@ class _Study:
     def time_backend(self, backend: str, name: str, variants: list[_Variant], extra: list, work: Path,
                      protocol: LatencyProtocol) -> tuple[dict, dict]:
         from xprune.bench.run import BenchSettings, Target, bench, open_target
-        from xprune.runtime.backends import TorchRunner
+        from xprune.runtime.pytorch.runner import TorchRunner
 
         targets: list[tuple[str, Target]] = []
         base = variants[0]
@@ -507,7 +476,7 @@ class _Study:
                 targets.insert(1, ("baseline-copy", t))
             targets += [(t.info["variant_id"], t) for t in extra]
         elif backend == "tensorrt":
-            from xprune.export.tensorrt import build_engine
+            from xprune.runtime.tensorrt.build import build_engine
             engines: list[tuple[str, Path]] = [(v.id, v.onnx) for v in variants if v.onnx is not None]
             if self.s.aa_control and base.onnx is not None:
                 engines.insert(1, ("baseline-copy", base.onnx))
@@ -619,7 +588,7 @@ class _Study:
                                   "threads": self.s.threads or os.cpu_count(), "spinning": False,
                                   "variant": "exported raw heads, zeroed layers folded (xprune.export.fold)"}
         if "tensorrt" in self.s.backends:
-            from xprune.export.tensorrt import require_tensorrt
+            from xprune.runtime.tensorrt import require_tensorrt
             try:
                 version = require_tensorrt()
                 out["tensorrt"] = {"available": True, "device": "cuda:0", "version": version,

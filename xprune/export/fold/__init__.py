@@ -7,21 +7,14 @@ it is its bias broadcast (or zeros). This pass computes every tensor that became
 as a constant and removes the ops that only fed it. It changes no value the model computes (a few float32 ulps at
 most, where a bias is re-summed in float64).
 
-Cases handled, all exact (if in doubt, a pattern is left alone):
-- seeds: Conv / ConvTranspose / Gemm / MatMul whose weight (either operand for Gemm/MatMul) is an all-zero
-  initializer or Constant, and whose output shape is static: the output is the bias (Gemm: beta*C) or zeros;
-- anything computed only from seeds, constants and static shapes (Shape/Size of a static tensor) is evaluated once
-  with onnxruntime and becomes an initializer (a graph output becomes a Constant node, its name kept). Never folded:
-  random ops, control flow (If/Loop/Scan), non-default domains, and Q/DQ of a weight (QDQ patterns stay intact);
-- dead-node and unused-initializer elimination;
-- a folded constant feeding only Add/Sub/Mul/Div whose other operand already has the output shape is stored at its
-  smallest exact broadcast shape (e.g. a bias map [1,C,H,W] becomes [1,C,1,1]);
-- x+0, 0+x, x-0, x*1, 1*x, x/1 become x when the constant does not broadcast x to a larger shape;
-- Concat (axis 1) whose every consumer is a group-1 Conv reading it as data: a constant input of the Concat is
-  dropped, and the Conv weight loses those input channels, when the slice is all zero (any kernel, padding) or
-  when it is uniform per channel over batch and space and the Conv has no padding (pads 0, auto_pad VALID, or
-  SAME with a 1x... kernel): then the slice's contribution is the same at every output pixel and goes into the bias.
-  A uniform slice under a padded kernel > 1 differs at the border and is left alone.
+The model is held as an onnx-graphsurgeon graph with every shape resolved (`static_graph`); onnx-graphsurgeon
+evaluates constants with onnxruntime, removes dead nodes and sorts. xprune's own part is a set of exact passes, each
+usable alone and repeated until none finds more: `constant_shapes`, `constant_outputs_of_zero_weights` (the seeds: a
+linear op with an all-zero weight outputs its bias broadcast), `fold_constants` (everything computed only from
+constants; a graph output becomes a Constant node, its name kept), `compact_broadcast_constants` (a bias map
+[1,C,H,W] added to x becomes [1,C,1,1]), `drop_neutral_ops` (Identity, x+0, x*1, ...) and
+`absorb_constant_concat_slices` (a constant Concat slice read by a Conv moves into its bias). If in doubt, a pattern
+is left alone. Never folded: random ops, control flow, non-default domains and Q/DQ nodes.
 
 Caveat: a zero weight times inf/NaN is NaN, so a model fed non-finite inputs may differ from its folded version.
 """
@@ -35,11 +28,15 @@ from pathlib import Path
 import onnx
 
 from xprune.errors import XpruneError
-from xprune.export.fold.graph import _first_line
-from xprune.export.fold.propagate import _eliminate_dead, _fold_constants
-from xprune.export.fold.rewrite import _absorb_concat_slices, _drop_neutral
-from xprune.export.fold.shapes import _resolve_shapes, _total_macs, _with_static_inputs
+from xprune.export.fold.graph import first_line, graph_macs, to_model, with_static_inputs
+from xprune.export.fold.propagate import (compact_broadcast_constants, constant_outputs_of_zero_weights,
+                                          constant_shapes, fold_constants, fold_input_independent, static_graph)
+from xprune.export.fold.rewrite import absorb_constant_concat_slices, drop_neutral_ops
 from xprune.files import atomic_path
+
+__all__ = ["DeadOutputWarning", "FoldReport", "absorb_constant_concat_slices", "compact_broadcast_constants",
+           "constant_outputs_of_zero_weights", "constant_shapes", "count_macs", "drop_neutral_ops", "fold_constants",
+           "fold_file", "fold_input_independent", "fold_model", "parse_input_shape", "static_graph"]
 
 
 class DeadOutputWarning(UserWarning):
@@ -91,32 +88,27 @@ def fold_file(src, dst, input_shapes: dict[str, list[int]] | None = None) -> Fol
 
 def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> int:
     """MACs of Conv, ConvTranspose, Gemm and MatMul (zero weights count in full: the runtime does the work)."""
-    model = _with_static_inputs(model, input_shapes)
-    return _total_macs(model.graph, _resolve_shapes(model)[0])
+    return graph_macs(static_graph(with_static_inputs(model, input_shapes)))
 
 
 def fold_model(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None
                ) -> tuple[onnx.ModelProto, FoldReport]:
     """Return an equivalent model (for the fixed input shapes) without the work zero weights made pointless."""
-    model = _with_static_inputs(model, input_shapes)
-    shapes, dtypes = _resolve_shapes(model)
-    g = model.graph
-    report = FoldReport(len(g.node), 0, _total_macs(g, shapes), 0)
-    while True:  # again while it finds more: a weight or bias may only become a plain constant in the last round
-        folded, dead = _fold_constants(model, shapes, dtypes)  # (torch dedups equal initializers with Identity)
-        if not folded:
-            break
+    model = with_static_inputs(model, input_shapes)
+    graph = static_graph(model)
+    report = FoldReport(len(model.graph.node), 0, graph_macs(graph), 0)
+    while True:  # again while a pass finds more: a weight may only become a plain constant in the last round
+        folded, dead = fold_input_independent(graph)
+        dropped = drop_neutral_ops(graph)
+        absorbed = absorb_constant_concat_slices(graph)
+        graph.cleanup().toposort()
         report.folded_tensors += folded
-        report.dead_outputs += dead
-        _eliminate_dead(g)
-    for _ in range(len(g.node) + 1):  # each round removes a node or a Concat input; stops when none does
-        dropped = _drop_neutral(g, shapes)
-        absorbed = _absorb_concat_slices(g, shapes)
         report.absorbed_concat_inputs += absorbed
-        if not dropped + absorbed:
+        report.dead_outputs += dead
+        if not folded + dropped + absorbed:
             break
-        _eliminate_dead(g)
-    report.nodes_after, report.macs_after = len(g.node), _total_macs(g, _resolve_shapes(model)[0])
+    model = to_model(graph, model)
+    report.nodes_after, report.macs_after = len(model.graph.node), graph_macs(graph)
     for name in report.dead_outputs:
         warnings.warn(f"output '{name}' no longer depends on the input: the pruning removed every path to it",
                       DeadOutputWarning, stacklevel=2)
@@ -132,5 +124,5 @@ def _load(src) -> onnx.ModelProto:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as e:  # protobuf DecodeError, onnx ValidationError, external data missing, ...
-        raise XpruneError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
+        raise XpruneError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
     return model

@@ -1,164 +1,179 @@
-"""Constant propagation: find the tensors that no longer depend on the input, evaluate them once, and drop the
-nodes that only fed them (dead-node elimination)."""
+"""Input-independence propagation: for a fixed input shape, find the tensors that no longer depend on the input,
+compute them once, store them as constants and drop the nodes that only fed them."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from xprune.errors import XpruneError
-from xprune.export.fold.graph import (_attr, _Constants, _delete, _first_line, _fresh, _reads, _static, _subgraph_reads,
-                                      _subgraphs)
-from xprune.export.fold.rewrite import _compact
+from xprune.export.fold.graph import (LINEAR_OPS, first_line, fresh_name, import_with_shapes, is_default_domain,
+                                      names_read_in_subgraphs, static_shape, to_model)
 
-_SEED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-               "Bernoulli", "If", "Loop", "Scan"}
+NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+BROADCAST_OPS = ("Add", "Sub", "Mul", "Div")
 
 
-def _foldable(node: onnx.NodeProto, consts: _Constants) -> bool:
-    if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD or any(True for _ in _subgraphs(node)):
-        return False
-    # keep QDQ weight patterns (DequantizeLinear(int8 weight)) as they are: runtimes fuse them into int8 kernels
-    return not (node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] in consts)
+def constant_shapes(graph: gs.Graph) -> int:
+    """Shape and Size of a tensor whose shape is static become constants."""
+    done = 0
+    for node in graph.nodes:
+        if node.op not in ("Shape", "Size") or not is_default_domain(node) or not node.outputs:
+            continue
+        shape = static_shape(node.inputs[0])
+        if shape is not None:
+            start, end = node.attrs.get("start", 0), node.attrs.get("end")
+            _make_constant(node.outputs[0], np.array(shape[start:end] if node.op == "Shape" else math.prod(shape),
+                                                     np.int64))
+            done += 1
+    return done
 
 
-def _seed_value(node: onnx.NodeProto, consts: _Constants, shapes: dict) -> np.ndarray | None:
-    """The output of a linear op with an all-zero weight: its bias broadcast (Gemm: beta*C), or zeros."""
-    out = _static(shapes, node.output[0])
-    if node.op_type not in _SEED_OPS or out is None or len(node.input) < 2:
+def constant_outputs_of_zero_weights(graph: gs.Graph) -> int:
+    """The output of a Conv / ConvTranspose / Gemm / MatMul whose weight (either operand for Gemm and MatMul) is an
+    all-zero constant, and whose output shape is static, becomes a constant: its bias broadcast (Gemm: beta*C)."""
+    done = 0
+    for node in graph.nodes:
+        value = _zero_weight_output(node)
+        if value is not None:
+            _make_constant(node.outputs[0], value)
+            done += 1
+    return done
+
+
+def _zero_weight_output(node: gs.Node) -> np.ndarray | None:
+    out = static_shape(node.outputs[0]) if node.outputs else None
+    if node.op not in LINEAR_OPS or not is_default_domain(node) or out is None or len(node.inputs) < 2:
         return None
-    operands = node.input[1:2] if node.op_type in ("Conv", "ConvTranspose") else node.input[:2]
-    zero = [v for v in (consts.get(n) for n in operands) if v is not None and not np.any(v)]
+    operands = node.inputs[1:2] if node.op in ("Conv", "ConvTranspose") else node.inputs[:2]
+    zero = [t.values for t in operands if isinstance(t, gs.Constant) and not np.any(t.values)]
     if not zero:
         return None
     value = np.zeros(out, dtype=zero[0].dtype)
-    extra = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if extra is not None:
-        add = consts.get(extra)
-        if add is None:
+    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
+        if not isinstance(node.inputs[2], gs.Constant):
             return None
-        if node.op_type == "Gemm":
-            add = (np.asarray(_attr(node, "beta", 1.0), dtype=add.dtype) * add)
+        add = node.inputs[2].values
+        if node.op == "Gemm":
+            add = np.asarray(node.attrs.get("beta", 1.0), dtype=add.dtype) * add
         else:
             add = add.reshape((1, -1) + (1,) * (len(out) - 2))
         value = value + add
     return np.ascontiguousarray(np.broadcast_to(value, out))
 
 
-def _eliminate_dead(g: onnx.GraphProto) -> None:
-    """Keep only nodes some graph output needs; drop unused initializers and stale value_info."""
-    nodes = list(g.node)
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
-    live: set[int] = set()
-    needed = {o.name for o in g.output}
-    stack = list(needed)
-    while stack:
-        k = producer.get(stack.pop())
-        if k is not None and k not in live:
-            live.add(k)
-            new = _reads(nodes[k]) - needed
-            needed |= new
-            stack.extend(new)
-    needed |= {i.name for i in g.input}  # an initializer that is also a graph input stays: input names are kept
-    outputs = {o for k in live for o in nodes[k].output}
-    _delete(g.node, [k for k in range(len(nodes)) if k not in live])
-    _delete(g.initializer, [k for k, t in enumerate(g.initializer) if t.name not in needed])
-    _delete(g.value_info, [k for k, v in enumerate(g.value_info) if v.name not in outputs])
+def _make_constant(tensor: gs.Tensor, value: np.ndarray) -> None:
+    tensor.to_constant(value)
+    tensor.inputs.clear()  # its producer loses the output and is left for cleanup()
 
 
-def _fold_constants(model: onnx.ModelProto, shapes: dict, dtypes: dict, seeds: bool = True) -> tuple[int, list[str]]:
-    """Replace every input-independent tensor that input-dependent work (or a graph output) reads by a constant.
-    seeds=False folds only what was constant before any pruning (shape computations)."""
-    g = model.graph
-    consts = _Constants(g)
-    nodes = list(g.node)
-    indep: dict[str, int] = {}  # input-independent tensor -> index of its producer
-    direct: dict[str, np.ndarray] = {}  # values known without running anything
-    for k, node in enumerate(nodes):
-        if not _foldable(node, consts):
-            continue
-        seed = _seed_value(node, consts, shapes) if seeds else None
-        static_in = _static(shapes, node.input[0]) if node.input else None
-        if seed is not None:
-            direct[node.output[0]] = seed
-        elif node.op_type == "Shape" and static_in is not None:  # Shape(x) of a static x is a constant
-            direct[node.output[0]] = np.array(static_in[_attr(node, "start", 0):_attr(node, "end", None)], np.int64)
-        elif node.op_type == "Size" and static_in is not None:
-            direct[node.output[0]] = np.array(math.prod(static_in), np.int64)
-        elif not all(i in consts.protos or i in indep for i in node.input if i):
-            continue
-        indep.update({o: k for o in node.output if o})
-    folded_nodes = {k for k in indep.values() if nodes[k].op_type != "Constant"}
+def fold_constants(graph: gs.Graph) -> gs.Graph:
+    """onnx-graphsurgeon's constant folding (evaluated by onnxruntime), then its cleanup. Never folded: random ops,
+    control flow, other domains; onnx-graphsurgeon also keeps Q/DQ nodes (runtimes fuse them into int8 kernels)."""
+    def never_folded(node: gs.Node) -> bool:
+        return node.op in NEVER_FOLD or not is_default_domain(node) or any(True for _ in node.subgraphs())
 
-    read_by_dependent: set[str] = set()
-    for k, node in enumerate(nodes):
-        if k not in folded_nodes:
-            read_by_dependent |= _reads(node)
-    graph_outputs = [o.name for o in g.output]
-    frontier = [t for t, k in indep.items() if k in folded_nodes and (t in read_by_dependent or t in graph_outputs)]
-    if not frontier:
-        return 0, []
-    values = _evaluate(model, nodes, [t for t in frontier if t not in direct], indep, direct, consts, dtypes)
-    values.update({t: direct[t] for t in frontier if t in direct})
-
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for k, node in enumerate(nodes):
-        for i in node.input:
-            if k not in folded_nodes:
-                consumers.setdefault(i, []).append(node)
-    sub_reads = _subgraph_reads(g)
-    dead = [t for t in graph_outputs if t in frontier]
-    consts_for_outputs = [helper.make_node("Constant", [], [t], name=_fresh(g, t), value=numpy_helper.from_array(
-        values[t], t)) for t in dead]
-    for t in frontier:
-        if t not in graph_outputs:
-            value = _compact(values[t], t, consumers.get(t, []), sub_reads, shapes)
-            g.initializer.append(numpy_helper.from_array(value, t))
-            shapes[t] = list(value.shape)
-    _delete(g.node, list(folded_nodes))
-    if consts_for_outputs:  # Constant nodes go first: graph order must stay topological
-        kept = [onnx.NodeProto.FromString(n.SerializeToString()) for n in g.node]
-        del g.node[:]
-        g.node.extend(consts_for_outputs + kept)
-    return len(frontier), dead
+    graph.toposort()
+    try:
+        with G_LOGGER.suppress(), _quiet_onnxruntime():
+            graph.fold_constants(fold_shapes=False, recurse_subgraphs=False, flatten_subgraphs=False,
+                                 recurse_functions=False, error_ok=False, should_exclude_node=never_folded)
+    except Exception as e:
+        raise XpruneError(f"onnxruntime could not evaluate the input-independent part: {first_line(e)}") from None
+    return graph.cleanup()
 
 
-def _evaluate(model: onnx.ModelProto, nodes: list, names: list[str], indep: dict, direct: dict,
-              consts: _Constants, dtypes: dict) -> dict[str, np.ndarray]:
-    """Run the input-independent part once with onnxruntime (no data input is read: seeds are given as values)."""
-    if not names:
-        return {}
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """onnxruntime's own constant folding warns about ops it has no CPU kernel for: not the user's concern."""
     import onnxruntime as ort
 
-    chosen: set[int] = set()
-    stack, seen = list(names), set()
-    while stack:
-        t = stack.pop()
-        if t in seen or t in direct or t not in indep:
-            continue
-        seen.add(t)
-        chosen.add(indep[t])
-        stack.extend(i for i in nodes[indep[t]].input if i)
-    nodes = [nodes[k] for k in sorted(chosen)]  # graph order is topological
-    read = {i for n in nodes for i in _reads(n)}
-    inits = [consts.protos[i] for i in read if i in consts.protos]
-    inits += [numpy_helper.from_array(v, t) for t, v in direct.items() if t in read]
-    outputs = [helper.make_tensor_value_info(t, dtypes[t], None) if dtypes.get(t) else onnx.ValueInfoProto(name=t)
-               for t in names]
-    sub = helper.make_model(helper.make_graph(nodes, "xprune_fold", [], outputs, inits),
-                            opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
-    sub.functions.extend(model.functions)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ort.set_default_logger_severity(3)
     try:
-        sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return dict(zip(names, sess.run(names, {})))
-    except Exception as e:
-        raise XpruneError(f"onnxruntime could not evaluate the input-independent part: {_first_line(e)}") from None
+        yield
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
+
+
+def compact_broadcast_constants(graph: gs.Graph, tensors: list[gs.Constant] | None = None) -> int:
+    """Store each constant (default: all) at its smallest exact broadcast shape where every reader is an Add / Sub
+    / Mul / Div whose other operand already has the output's shape: a bias map [1,C,H,W] becomes [1,C,1,1]."""
+    sub_reads = names_read_in_subgraphs(graph)
+    done = 0
+    for t in [t for t in graph.tensors().values() if isinstance(t, gs.Constant)] if tensors is None else tensors:
+        value = t.values
+        if (not t.outputs or value.ndim == 0 or t.name in sub_reads or t in graph.outputs
+                or not all(_broadcasts_into_other(u, t) for u in t.outputs)):
+            continue
+        for axis in range(value.ndim):
+            first = value.take([0], axis=axis)
+            if value.shape[axis] > 1 and np.array_equal(value, np.broadcast_to(first, value.shape)):
+                value = first
+        if value.shape != t.values.shape:
+            t.values = np.ascontiguousarray(value)
+            done += 1
+    return done
+
+
+def _broadcasts_into_other(node: gs.Node, t: gs.Tensor) -> bool:
+    if node.op not in BROADCAST_OPS or not is_default_domain(node) or len(node.inputs) != 2 \
+            or node.inputs[0] is node.inputs[1]:
+        return False
+    other = static_shape(node.inputs[1] if node.inputs[0] is t else node.inputs[0])
+    return other is not None and other == static_shape(node.outputs[0])
+
+
+def fold_input_independent(graph: gs.Graph) -> tuple[int, list[str]]:
+    """One round of propagation: constant shapes and zero-weight outputs, then everything computed only from
+    constants. Returns how many computed tensors are now stored as constants, and the graph outputs among them."""
+    computed = _computed_tensor_names(graph)
+    outputs = {t.name for t in graph.outputs if isinstance(t, gs.Variable)}
+    constant_shapes(graph)
+    constant_outputs_of_zero_weights(graph)
+    fold_constants(graph)
+    folded = [t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name in computed]
+    compact_broadcast_constants(graph, folded)
+    dead = [t.name for t in graph.outputs if isinstance(t, gs.Constant) and t.name in computed]
+    for t in graph.outputs:  # an output keeps its name: a Constant node produces it
+        if isinstance(t, gs.Constant) and t.name in outputs:
+            value = gs.Constant(t.name, t.values)
+            t.to_variable(dtype=value.values.dtype, shape=list(value.shape))
+            graph.nodes.append(gs.Node("Constant", name=fresh_name(graph, t.name), attrs={"value": value},
+                                       outputs=[t]))
+    graph.toposort()
+    return len(folded), dead
+
+
+def _computed_tensor_names(graph: gs.Graph) -> set[str]:
+    """Tensors some node computes (Constant nodes excepted: onnx-graphsurgeon stores those as constants anyway)."""
+    return {name for name, t in graph.tensors().items()
+            if isinstance(t, gs.Variable) and t.inputs and t.inputs[0].op != "Constant"}
+
+
+def static_graph(model: onnx.ModelProto) -> gs.Graph:
+    """The model as a graph with shapes. Where shape inference stops at a Reshape / Expand whose target is computed
+    from Shape ops (raw torch exports), those shape computations are folded in a copy and shapes inferred again,
+    until nothing changes; only the shapes found go back into the graph."""
+    graph = import_with_shapes(model)
+    scratch = graph
+    for _ in range(len(graph.nodes)):
+        unknown = {t.name: t for n in graph.nodes for t in n.outputs if not t.is_empty() and static_shape(t) is None}
+        if not unknown:
+            break
+        scratch = graph.copy() if scratch is graph else scratch
+        computed = _computed_tensor_names(scratch)
+        constant_shapes(scratch)
+        if computed == _computed_tensor_names(fold_constants(scratch)):
+            break
+        scratch = import_with_shapes(to_model(scratch, model))
+        found = scratch.tensors()
+        for name, t in unknown.items():
+            if name in found and isinstance(found[name], gs.Variable) and static_shape(found[name]) is not None:
+                t.shape = found[name].shape
+                t.dtype = found[name].dtype if t.dtype is None else t.dtype
+    return graph

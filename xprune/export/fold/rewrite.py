@@ -1,162 +1,143 @@
-"""Exact rewrites of the folded graph: compact constants, drop neutral ops, absorb constant Concat slices into Convs."""
+"""Exact rewrites of a folded graph: neutral ops vanish, constant Concat slices move into the next Conv's bias."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
+import onnx_graphsurgeon as gs
 
-from xprune.export.fold.graph import _attr, _Constants, _fresh, _static, _subgraph_reads
+from xprune.export.fold.graph import fresh_name, is_default_domain, names_read_in_subgraphs, replace_input, static_shape
 
-_NEUTRAL = {"Add": (0, True), "Sub": (0, False), "Mul": (1, True), "Div": (1, False)}  # op: (neutral, commutes)
-
-
-def _compact(value: np.ndarray, name: str, users: list, sub_reads: set, shapes: dict) -> np.ndarray:
-    """Store a constant at its smallest exact broadcast shape when every reader broadcasts it anyway."""
-    if not users or name in sub_reads or value.ndim == 0:
-        return value
-    for u in users:
-        if u.op_type not in _NEUTRAL or len(u.input) != 2 or u.input[0] == u.input[1]:
-            return value
-        other = _static(shapes, u.input[1] if u.input[0] == name else u.input[0])
-        if other is None or other != _static(shapes, u.output[0]):
-            return value
-    for axis in range(value.ndim):
-        first = value.take([0], axis=axis)
-        if value.shape[axis] > 1 and np.array_equal(value, np.broadcast_to(first, value.shape)):
-            value = first
-    return np.ascontiguousarray(value)
+NEUTRAL = {"Add": (0, True), "Sub": (0, False), "Mul": (1, True), "Div": (1, False)}  # op: (neutral, commutes)
 
 
-def _rename_uses(g: onnx.GraphProto, old: str, new: str) -> None:
-    for n in g.node:
-        for k, i in enumerate(n.input):
-            if i == old:
-                n.input[k] = new
+def drop_neutral_ops(graph: gs.Graph) -> int:
+    """Identity(x), x+0, 0+x, x-0, x*1, 1*x, x/1 become x, where the constant does not broadcast x to a larger
+    shape. Returns how many ops were bypassed (cleanup() removes them)."""
+    sub_reads = names_read_in_subgraphs(graph)
+    return sum(1 for node in list(graph.nodes) if (x := _neutral_operand(node)) is not None
+               and _bypass(graph, node, x, sub_reads))
 
 
-def _bypass(g: onnx.GraphProto, node: onnx.NodeProto, x: str, sub_reads: set) -> bool:
-    """Make readers of node's output read x instead; the node becomes dead. False where names forbid it."""
-    out = node.output[0]
-    outputs = {o.name for o in g.output}
-    if out in sub_reads or x in sub_reads:
+def _neutral_operand(node: gs.Node) -> gs.Tensor | None:
+    """The x of a neutral op on a computed tensor x, or None."""
+    if not is_default_domain(node) or len(node.outputs) != 1:
+        return None
+    if node.op == "Identity":
+        return node.inputs[0] if isinstance(node.inputs[0], gs.Variable) else None
+    if node.op not in NEUTRAL or len(node.inputs) != 2:
+        return None
+    neutral, commutes = NEUTRAL[node.op]
+    for x, c in (node.inputs, node.inputs[::-1]) if commutes else (node.inputs,):
+        shape = static_shape(x)
+        if (isinstance(c, gs.Constant) and isinstance(x, gs.Variable) and shape is not None
+                and np.all(c.values == neutral) and np.broadcast_shapes(shape, c.shape) == shape):
+            return x
+    return None
+
+
+def _bypass(graph: gs.Graph, node: gs.Node, x: gs.Tensor, sub_reads: set[str]) -> bool:
+    """Make the readers of node's output read x instead. False where names forbid it."""
+    out = node.outputs[0]
+    if out.name in sub_reads or x.name in sub_reads:
         return False
-    if out not in outputs:
-        _rename_uses(g, out, x)
+    if out not in graph.outputs:
+        replace_input(out.outputs, out, x)
+        node.outputs.clear()
         return True
-    # out is a graph output: its name must stay, so x's producer takes that name instead
-    producer = next((n for n in g.node if x in n.output), None)
-    if producer is None or x in outputs:
+    if not x.inputs or x in graph.outputs:  # x is a graph input, or both names must stay
         return False
-    _rename_uses(g, x, out)
-    producer.output[list(producer.output).index(x)] = out
-    node.output[0] = _fresh(g, out)
+    # out is a graph output: its name stays, so x's producer writes out instead
+    node.outputs.clear()
+    node.inputs.clear()
+    producer = x.inputs[0]
+    replace_input(x.outputs, x, out)
+    producer.outputs[producer.outputs.index(x)] = out
     return True
 
 
-def _drop_neutral(g: onnx.GraphProto, shapes: dict) -> int:
-    """x+0, x-0, x*1, x/1 -> x, where the constant does not broadcast x to a larger shape."""
-    consts = _Constants(g)
-    sub_reads = _subgraph_reads(g)
-    done = 0
-    for node in list(g.node):
-        if node.op_type not in _NEUTRAL or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
-            continue
-        neutral, commutes = _NEUTRAL[node.op_type]
-        for xi, ci in ((0, 1), (1, 0)) if commutes else ((0, 1),):
-            x, c = node.input[xi], consts.get(node.input[ci])
-            xs = _static(shapes, x)
-            if c is None or x in consts or xs is None or not np.all(c == neutral):
-                continue
-            if np.broadcast_shapes(xs, c.shape) == xs and _bypass(g, node, x, sub_reads):
-                done += 1
-                break
-    return done
-
-
-def _padding_free(conv: onnx.NodeProto, kernel: tuple[int, ...]) -> bool:
-    auto = _attr(conv, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto == "VALID":
-        return True
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        return all(k == 1 for k in kernel)
-    return not any(_attr(conv, "pads", []))
-
-
-def _absorb_concat_slices(g: onnx.GraphProto, shapes: dict) -> int:
-    """Drop constant Concat inputs whose contribution through every consuming Conv is a per-channel constant."""
-    consts = _Constants(g)
-    outputs = {o.name for o in g.output}
-    sub_reads = _subgraph_reads(g)
+def absorb_constant_concat_slices(graph: gs.Graph) -> int:
+    """Concat (axis 1) whose every reader is a group-1 Conv reading it as data: a constant input of the Concat is
+    dropped, and the Convs lose those input channels, when the slice is all zero (any kernel and padding) or uniform
+    per channel over batch and space while no Conv pads (pads 0, auto_pad VALID, or SAME with a 1x... kernel); then
+    the slice adds the same amount at every output pixel, which goes into the bias. A uniform slice under a padded
+    kernel > 1 differs at the border and is left alone. Returns how many Concat inputs were absorbed."""
+    sub_reads = names_read_in_subgraphs(graph)
     absorbed = 0
-    for cat in [n for n in g.node if n.op_type == "Concat" and n.domain in ("", "ai.onnx")]:
-        out = cat.output[0]
-        in_shapes = [_static(shapes, i) for i in cat.input]
-        if out in outputs or out in sub_reads or any(s is None or len(s) < 3 for s in in_shapes):
+    for cat in [n for n in graph.nodes if n.op == "Concat" and is_default_domain(n)]:
+        out = cat.outputs[0]
+        in_shapes = [static_shape(t) for t in cat.inputs]
+        if out in graph.outputs or out.name in sub_reads or any(s is None or len(s) < 3 for s in in_shapes):
             continue
         rank, total = len(in_shapes[0]), sum(s[1] for s in in_shapes)
-        users = [n for n in g.node if out in n.input]
-        if _attr(cat, "axis", 0) % rank != 1 or not users or not all(
-                _plain_conv(u, out, rank, total, consts) for u in users):
+        convs = list(out.outputs)
+        if cat.attrs.get("axis", 0) % rank != 1 or not convs or not all(
+                _plain_conv(c, out, rank, total) for c in convs):
             continue
-        drop, offset = [], 0  # (input index, first channel, per-channel value)
-        for k, (name, s) in enumerate(zip(cat.input, in_shapes)):
-            v = consts.get(name)
-            if v is not None and v.dtype == consts.get(users[0].input[1]).dtype:
+        drop, offset = {}, 0  # Concat input index -> (first channel, per-channel value)
+        for k, (t, s) in enumerate(zip(cat.inputs, in_shapes)):
+            if isinstance(t, gs.Constant) and t.values.dtype == convs[0].inputs[1].values.dtype:
+                v = t.values
                 ref = v[(slice(0, 1), slice(None)) + (slice(0, 1),) * (rank - 2)]
                 uniform = np.all(np.isfinite(v)) and np.array_equal(v, np.broadcast_to(ref, v.shape))
-                if not np.any(v) or (uniform and all(
-                        _padding_free(u, consts.get(u.input[1]).shape[2:]) for u in users)):
-                    drop.append((k, offset, ref.reshape(-1)))
+                if not np.any(v) or (uniform and all(_padding_free(c) for c in convs)):
+                    drop[k] = (offset, ref.reshape(-1))
             offset += s[1]
-        if not drop or len(drop) == len(cat.input):
+        if not drop or len(drop) == len(cat.inputs):
             continue
-        for u in users:
-            _drop_input_channels(g, u, [(first, v) for _, first, v in drop], consts)
-        keep = [i for k, i in enumerate(cat.input) if k not in {d[0] for d in drop}]
+        for conv in convs:
+            _drop_input_channels(graph, conv, list(drop.values()))
+        keep = [t for k, t in enumerate(cat.inputs) if k not in drop]
         if len(keep) == 1:  # the Concat is gone: the Convs read its remaining input
-            _rename_uses(g, out, keep[0])
-        else:  # a new name: the old one may carry value_info with the old channel count
-            new_out = _fresh(g, out)
-            _rename_uses(g, out, new_out)
-            del cat.input[:]
-            cat.input.extend(keep)
-            cat.output[0] = new_out
-            shapes[new_out] = [in_shapes[0][0], total - sum(v.size for _, _, v in drop)] + list(in_shapes[0][2:])
+            replace_input(convs, out, keep[0])
+        else:  # a new tensor: the old one has the old channel count
+            shape = [in_shapes[0][0], sum(static_shape(t)[1] for t in keep), *in_shapes[0][2:]]
+            new_out = gs.Variable(fresh_name(graph, out.name), dtype=out.dtype, shape=shape)
+            replace_input(convs, out, new_out)
+            cat.inputs.clear()
+            cat.inputs.extend(keep)
+            cat.outputs[0] = new_out
         absorbed += len(drop)
     return absorbed
 
 
-def _plain_conv(u: onnx.NodeProto, data: str, rank: int, channels: int, consts: _Constants) -> bool:
-    """A group-1 Conv reading `data` only as its data input, with constant float weight (and bias)."""
-    if u.op_type != "Conv" or u.domain not in ("", "ai.onnx") or list(u.input).count(data) != 1:
+def _plain_conv(node: gs.Node, data: gs.Tensor, rank: int, channels: int) -> bool:
+    """A group-1 Conv reading `data` only as its data input, with a constant float weight (and bias)."""
+    if node.op != "Conv" or not is_default_domain(node) or len(node.inputs) < 2:
         return False
-    w = consts.get(u.input[1]) if len(u.input) > 1 else None
-    bias = u.input[2] if len(u.input) > 2 and u.input[2] else None
-    return (u.input[0] == data and _attr(u, "group", 1) == 1 and w is not None and w.dtype.kind == "f"
-            and w.ndim == rank and w.shape[1] == channels and (bias is None or consts.get(bias) is not None))
+    w, bias = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
+    return (node.inputs[0] is data and sum(t is data for t in node.inputs) == 1 and node.attrs.get("group", 1) == 1
+            and isinstance(w, gs.Constant) and w.values.dtype.kind == "f" and w.values.ndim == rank
+            and w.shape[1] == channels and (bias is None or bias.is_empty() or isinstance(bias, gs.Constant)))
 
 
-def _drop_input_channels(g: onnx.GraphProto, conv: onnx.NodeProto, slices: list, consts: _Constants) -> None:
-    """Remove the input channels of constant slices [(first channel, per-channel value)] from conv, moving
-    their contribution into the bias. With pads 0 every output pixel sees sum(W[:, slice] * c) exactly."""
-    w = consts.get(conv.input[1])
+def _padding_free(conv: gs.Node) -> bool:
+    auto = conv.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto == "VALID":
+        return True
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        return all(k == 1 for k in conv.inputs[1].shape[2:])
+    return not any(conv.attrs.get("pads", []))
+
+
+def _drop_input_channels(graph: gs.Graph, conv: gs.Node, slices: list[tuple[int, np.ndarray]]) -> None:
+    """Remove the input channels of constant slices [(first channel, per-channel value)] from conv, moving their
+    contribution into the bias. Without padding every output pixel sees sum(W[:, slice] * c) exactly."""
+    w = conv.inputs[1].values
     gone = np.zeros(w.shape[1], bool)
     contrib = np.zeros(w.shape[0], np.float64)
     for first, v in slices:
         gone[first:first + v.size] = True
         part = w[:, first:first + v.size].astype(np.float64).reshape(w.shape[0], v.size, -1)
         contrib += part.sum(axis=2) @ v.astype(np.float64)
-    name = _fresh(g, conv.input[1])  # fresh names: the old weight may be shared with another node
-    g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, ~gone]), name))
-    conv.input[1] = name
+    # fresh tensors: the old weight and bias may be shared with another node
+    conv.inputs[1] = gs.Constant(fresh_name(graph, conv.inputs[1].name), np.ascontiguousarray(w[:, ~gone]))
     if np.any(contrib):
-        has_bias = len(conv.input) > 2 and conv.input[2]
-        old = consts.get(conv.input[2]).astype(np.float64) if has_bias else 0.0
-        name = _fresh(g, (conv.input[2] if has_bias else conv.input[1]) + "_bias")
-        g.initializer.append(numpy_helper.from_array((old + contrib).astype(w.dtype), name))
-        if len(conv.input) > 2:
-            conv.input[2] = name
+        bias = conv.inputs[2] if len(conv.inputs) > 2 and not conv.inputs[2].is_empty() else None
+        old = bias.values.astype(np.float64) if bias is not None else 0.0
+        base = (conv.inputs[1] if bias is None else bias).name + "_bias"
+        new = gs.Constant(fresh_name(graph, base), (old + contrib).astype(w.dtype))
+        if len(conv.inputs) > 2:
+            conv.inputs[2] = new
         else:
-            conv.input.append(name)
+            conv.inputs.append(new)

@@ -1,15 +1,14 @@
 """Build a TensorRT engine from an exported ONNX file, with a JSON sidecar that says what was built, where and how.
 
-An engine runs only on the TensorRT version and GPU generation that built it, and its precision cannot be read back
-from the plan, so every `<engine>` gets `<engine>.json`: TensorRT version, GPU and compute capability, precision,
-input shapes, the source ONNX hash and the model facts from its ONNX metadata (family, input size, category ids).
-Building goes through polygraphy's TensorRT loaders. TensorRT is optional (extra `trt`); every entry point calls
-`require_tensorrt()` first so a machine without it gets one clear line instead of a lazy-import traceback.
+Every `<engine>` gets `<engine>.json`: TensorRT version, GPU and compute capability, precision, input shapes, the
+source ONNX hash and the model facts from its ONNX metadata (family, input size, category ids), because an engine
+runs only where it was built and does not say what precision it was built for. Building goes through polygraphy's
+TensorRT loaders.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime
 import itertools
 import os
 import time
@@ -23,47 +22,11 @@ import torch
 
 from xprune.errors import XpruneError
 from xprune.export.onnx_export import get_metadata, load_model
-from xprune.files import atomic_path, file_sha256, read_json, write_json
+from xprune.files import atomic_path, file_sha256, write_json
+from xprune.runtime.tensorrt import require_tensorrt
+from xprune.runtime.tensorrt.loader import SIDECAR_FORMAT, sidecar_path
 
-NOT_INSTALLED = "TensorRT is not installed; install xprune[trt] on a machine with an NVIDIA GPU"
-NO_GPU = "TensorRT needs an NVIDIA GPU; none is visible (torch.cuda.is_available() is False)"
-SIDECAR_FORMAT = "xprune.tensorrt-engine/1"
 QUANTIZE_OPS = {"QuantizeLinear", "DequantizeLinear"}
-
-
-def require_tensorrt() -> str:
-    """Return the installed TensorRT version, or raise XpruneError when TensorRT or a GPU is missing.
-
-    The `tensorrt-stubs` package installs a `tensorrt/` folder of `.pyi` files only, which imports as an empty
-    namespace package; that counts as not installed.
-    """
-    try:
-        import tensorrt
-    except ImportError:
-        raise XpruneError(NOT_INSTALLED) from None
-    except OSError as e:  # the bindings are there but libnvinfer cannot be loaded
-        raise XpruneError(f"TensorRT is installed but its libraries cannot be loaded: {e}") from None
-    version = getattr(tensorrt, "__version__", None)
-    if not isinstance(version, str) or not hasattr(tensorrt, "Builder"):
-        raise XpruneError(NOT_INSTALLED)
-    if not torch.cuda.is_available():
-        raise XpruneError(NO_GPU)
-    return version
-
-
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(engine_path)}.json")
-
-
-def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The sidecar written beside an engine, or None for an engine built elsewhere."""
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        return None
-    data = read_json(path, "engine sidecar")
-    if not isinstance(data, dict):
-        raise XpruneError(f"engine sidecar {path} is not a JSON object")
-    return data
 
 
 def gpu_facts(device_index: int = 0) -> dict[str, Any]:
@@ -77,7 +40,7 @@ def precision_name(fp16: bool, int8: bool) -> str:
     return "int8" if int8 else "fp16" if fp16 else "fp32"
 
 
-def _single_input(model: onnx.ModelProto, source: Path) -> tuple[str, list[int | None]]:
+def single_input(model: onnx.ModelProto, source: Path) -> tuple[str, list[int | None]]:
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -89,8 +52,8 @@ def _single_input(model: onnx.ModelProto, source: Path) -> tuple[str, list[int |
     return inputs[0].name, shape
 
 
-def _input_shapes(name: str, shape: list[int | None], source: Path,
-                  dynamic_batch: tuple[int, int, int] | None) -> dict[str, dict[str, list[int]]]:
+def input_shapes(name: str, shape: list[int | None], source: Path,
+                 dynamic_batch: tuple[int, int, int] | None) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shape per input (all three equal for a static engine)."""
     chw = shape[1:]
     if any(d is None for d in chw):
@@ -110,8 +73,8 @@ def _input_shapes(name: str, shape: list[int | None], source: Path,
     return {name: {"min": [lo, *fixed], "opt": [opt, *fixed], "max": [hi, *fixed]}}
 
 
-def _calibration_shape(batches: Iterable[np.ndarray],
-                       bounds: dict[str, list[int]]) -> tuple[list[int], Iterator[np.ndarray]]:
+def calibration_shape(batches: Iterable[np.ndarray],
+                      bounds: dict[str, list[int]]) -> tuple[list[int], Iterator[np.ndarray]]:
     """The shape every calibration batch must have (the first one's), and the batches with the first put back."""
     iterator = iter(batches)
     first = next(iterator, None)
@@ -124,6 +87,15 @@ def _calibration_shape(batches: Iterable[np.ndarray],
                     if bounds["min"] != bounds["max"] else str(bounds["opt"]))
         raise XpruneError(f"calibration batches have shape {shape}; the engine input is {expected}")
     return shape, itertools.chain([first], iterator)
+
+
+def calibration_batches(data: str | Path | None, input_size: int, images: int) -> Iterator[np.ndarray]:
+    """One-image float32 batches from a dataset folder's calibration images, for an int8 build."""
+    if not data:
+        raise XpruneError("--int8 needs calibration images: pass --data DIR")
+    from xprune.data.coco import calibration_set
+
+    return (x.numpy() for x, _, _ in calibration_set(data, input_size, images).batches(1))
 
 
 class CalibrationFeed:
@@ -174,8 +146,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     if workspace_gb <= 0:
         raise XpruneError(f"workspace_gb must be positive, got {workspace_gb}")
     model = load_model(source)
-    input_name, onnx_shape = _single_input(model, source)
-    shapes = _input_shapes(input_name, onnx_shape, source, dynamic_batch)
+    input_name, onnx_shape = single_input(model, source)
+    shapes = input_shapes(input_name, onnx_shape, source, dynamic_batch)
     explicit_quantization = any(node.op_type in QUANTIZE_OPS for node in model.graph.node)
 
     bounds = shapes[input_name]
@@ -184,12 +156,11 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     feed: CalibrationFeed | None = None
     calibrator = None
     if int8 and calibration_batches is not None:
-        calibration_shape, batches = _calibration_shape(calibration_batches, bounds)
-        feed = CalibrationFeed(input_name, batches, calibration_shape)
+        batch_shape, batches = calibration_shape(calibration_batches, bounds)
+        feed = CalibrationFeed(input_name, batches, batch_shape)
         calibrator = Calibrator(feed)
-        if profiles and calibration_shape != bounds["opt"]:  # polygraphy calibrates with the last profile
-            profiles.append(Profile().add(input_name, min=calibration_shape, opt=calibration_shape,
-                                          max=calibration_shape))
+        if profiles and batch_shape != bounds["opt"]:  # polygraphy calibrates with the last profile
+            profiles.append(Profile().add(input_name, min=batch_shape, opt=batch_shape, max=batch_shape))
     elif int8 and not explicit_quantization:
         raise XpruneError("int8 needs calibration batches (or an ONNX model with QuantizeLinear/DequantizeLinear "
                           "nodes)")
@@ -230,7 +201,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         "onnx": {"path": os.fspath(source), "sha256": file_sha256(source)},
         "build_s": round(build_s, 3),
         "metadata": get_metadata(model),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     try:
         write_json(sidecar_path(target), sidecar)
