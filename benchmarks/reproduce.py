@@ -3,16 +3,21 @@ Detection" (attribution vs L1 layer pruning, Table 2 and Figs 1-3) with honest n
 
     python benchmarks/reproduce.py                  # the committed study -> benchmarks/results/study/
     python benchmarks/reproduce.py --render-only    # redraw report.md and the PNGs from study.json
+    python benchmarks/reproduce.py --render-only --out /tmp/report   # the committed study, drawn elsewhere
     python benchmarks/reproduce.py --quick --out /tmp/study   # a tiny smoke run (random-init YOLOv8n, 64 px)
 
-Default run (about 25-30 minutes on a 2-core CPU): the reference checkpoints committed in xprune/reference/
-(YOLOv8n and SSDlite320-MobileNetV3, trained on the synthetic dataset) give accuracy + speed rows at every rate of
-the paper's sweep (1, 2, 5, 10, 15, 20 %) for l1 and attr; SSD-MobileNetV2 and SSD-ShuffleNetV2 - the paper's
-lightweight rows, for which this project has no trained weights - give speed-only rows (random init, 256 px, rates
-5 and 10 %). Backends: PyTorch eager CPU (zeroed, the paper's setting) and ONNX Runtime CPU (folded); TensorRT is
-recorded as unavailable unless `require_tensorrt()` passes. YOLOv8n is also compared with Ultralytics' own ONNX
-export of the unpruned model. Writes study.json, bench/*.json (every latency sample), scores/*.json, report.md
-and the figures.
+The same run as `xprune study` (`xprune.study.options.run_and_report`), with the results and the dataset in this
+checkout: the output goes to benchmarks/results/study, the synthetic dataset is generated in data/synth when it is
+not there, and `--render-only` draws the committed study when OUT holds none.
+
+Default run (a few minutes on a 2-core CPU; the committed one, `--val-images 100`, measured for 217 s): the
+reference checkpoints committed in xprune/reference/ (YOLOv8n and SSDlite320-MobileNetV3, trained on the synthetic
+dataset) give accuracy + speed rows at every rate of the paper's sweep (1, 2, 5, 10, 15, 20 %) for l1 and attr;
+SSD-MobileNetV2 and SSD-ShuffleNetV2 - the paper's lightweight rows, for which this project has no trained weights -
+give speed-only rows (random init, 256 px, rates 5 and 10 %). Backends: PyTorch eager CPU (zeroed, the paper's
+setting) and ONNX Runtime CPU (folded); TensorRT is recorded as unavailable unless `require_tensorrt()` passes.
+YOLOv8n is also compared with Ultralytics' own ONNX export of the unpruned model. Writes study.json, bench/*.json
+(every latency sample), scores/*.json, report.md and the figures.
 """
 
 from __future__ import annotations
@@ -40,24 +45,18 @@ def main(argv: list[str] | None = None, log=lambda m: print(m, file=sys.stderr, 
     args = parse_args(argv)
     args.command = " ".join(["python", "benchmarks/reproduce.py", *(sys.argv[1:] if argv is None else argv)])
     from xprune.models.yolo import quiet_ultralytics_env
-    from xprune.study import run_study, write_report
-    from xprune.study.options import settings_from_args
+    from xprune.study.options import run_and_report
+    from xprune.study.settings import STUDY_FILE
 
+    if args.render_only and args.study is None and not (Path(args.out) / STUDY_FILE).is_file():
+        args.study = str(RESULTS / STUDY_FILE)
     quiet_ultralytics_env()
-    out = Path(args.out)
     try:
-        if not args.render_only:
-            settings = settings_from_args(args, log)
-            if settings.data is not None and not (settings.data / "annotations").is_dir():
-                from xprune.data.synth import SynthConfig, generate
-                log(f"generating the synthetic dataset in {settings.data}")
-                generate(settings.data, SynthConfig())
-            run_study(settings, log=log)
-        report = write_report(out)
+        study, report = run_and_report(args, log=log, synthesize_data=True)
     except XpruneError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return 2
-    print(f"study: {out / 'study.json'}\nreport: {report}")
+    print(f"study: {study}\nreport: {report}")
     return 0
 
 

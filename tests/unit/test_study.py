@@ -17,7 +17,9 @@ import torch
 from xprune.bench.latency import LatencyProtocol
 from xprune.bench.results import read_results
 from xprune.study.report import DASH, load_study, render
-from xprune.study.sweep import StudySettings, paired_ratios, pct_change, ratio_summary, run_study, spearman
+from xprune.study.settings import StudySettings
+from xprune.study.stats import paired_ratios, pct_change, ratio_summary, spearman
+from xprune.study.sweep import run_study
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0)

@@ -70,17 +70,16 @@ def cmd_prune(args) -> None:
 def cmd_evaluate(args) -> None:
     from xprune.bench.latency import LatencyProtocol
     from xprune.data.coco import CocoDetectionSet
-    from xprune.demo import DemoSettings, format_table, measure_row
     from xprune.files import write_json
     from xprune.models import file_sha256
+    from xprune.study.measure import evaluation_row, evaluation_table
     det = load_detector(args, classes_from_data(args.data, args.split) if args.weights == "none" else None)
     val = CocoDetectionSet.from_folder(args.data, args.split, det.input_size, limit=args.limit)
     if det.category_ids is None and det.num_classes != val.num_classes:
         raise XpruneError(f"model has {det.num_classes} classes, dataset {val.num_classes}")
-    settings = DemoSettings(out=Path("."), latency=LatencyProtocol(runs=args.latency_runs))
     weights_hash = file_sha256(args.weights) if Path(args.weights).is_file() else args.weights
-    row = measure_row(det, val, settings, "evaluate", 0.0, weights_hash)
-    print(format_table([row]))
+    row = evaluation_row(det, val, LatencyProtocol(runs=args.latency_runs), weights_hash)
+    print(evaluation_table([row]))
     if args.out:
         write_json(args.out, [row])
 

@@ -1,8 +1,11 @@
 """The study: the paper's experiment (attribution vs L1 layer pruning across detectors) measured end to end.
 
-- `run_study(StudySettings(...))` -> study.json (+ raw bench docs, scores) — `xprune.study.sweep`
+- `StudySettings` and its presets (`paper`, `quick`, `demo`) — `xprune.study.settings`
+- `run_study(settings)` -> study.json (+ raw bench docs, scores) — `xprune.study.sweep`, which runs
+  `variants` (rankings, plans, distinct variants), `measure` (mAP, complexity, export + fold), `timing`
+  (interleaved runs per backend), `peer` (Ultralytics' own export), `rows` and `stats`
 - `write_report(study.json)` -> report.md + PNG figures, every number read from the JSON — `xprune.study.report`
-- the Ultralytics peer export and its adapter runner — `xprune.study.peer`
+- the options `xprune study` and `benchmarks/reproduce.py` share — `xprune.study.options`
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from xprune.study.report import write_report
-    from xprune.study.sweep import StudySettings, run_study
+    from xprune.study.settings import StudySettings
+    from xprune.study.sweep import run_study
 
 __all__ = ["StudySettings", "run_study", "write_report"]
 
 
 def __getattr__(name: str):  # heavy imports (torch, onnxruntime, matplotlib) only when used
-    if name in ("StudySettings", "run_study"):
-        from xprune.study import sweep
-        return getattr(sweep, name)
+    if name == "StudySettings":
+        from xprune.study.settings import StudySettings
+        return StudySettings
+    if name == "run_study":
+        from xprune.study.sweep import run_study
+        return run_study
     if name == "write_report":
         from xprune.study.report import write_report
         return write_report

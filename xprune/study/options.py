@@ -1,73 +1,101 @@
-"""Options of a study run, shared by `xprune study` and `benchmarks/reproduce.py`."""
+"""Options of a study run, shared by `xprune study` and `benchmarks/reproduce.py`. An option left out keeps the
+default of `xprune.study.settings`; `run_and_report` is what both commands run."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from xprune.bench.latency import LatencyProtocol
-from xprune.runtime.registry import BACKENDS
+from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, CALIB_IMAGES, CRITERIA, LATENCY, QUICK_IMAGES,
+                                   QUICK_RATES, RATES, SPEED_INPUT_SIZE, SPEED_LATENCY, SPEED_MODELS, SPEED_RATES,
+                                   STUDY_FILE, Log, StudySettings)
 
-ACCURACY_MODELS = ["yolov8n", "ssdlite320-mbv3"]
-SPEED_MODELS = ["ssd-mobilenetv2", "ssd-shufflenetv2"]
+
+def _listed(values) -> str:
+    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
 def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_default: str | None) -> None:
     ap.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
     ap.add_argument("--data", default=data_default,
                     help="COCO-format dataset; the synthetic set is generated there when missing")
-    ap.add_argument("--models", nargs="+", default=None,
-                    help=f"default: {' '.join(ACCURACY_MODELS + SPEED_MODELS)}")
-    ap.add_argument("--criteria", nargs="+", default=None, help="default: l1 attr")
-    ap.add_argument("--rates", type=float, nargs="+", default=None, help="default: 0.01 0.02 0.05 0.10 0.15 0.20")
+    ap.add_argument("--models", nargs="+", default=None, help=f"default: {_listed(ACCURACY_MODELS + SPEED_MODELS)}")
+    ap.add_argument("--criteria", nargs="+", default=None, help=f"default: {_listed(CRITERIA)}")
+    ap.add_argument("--rates", type=float, nargs="+", default=None, help=f"default: {_listed(RATES)}")
     ap.add_argument("--speed-rates", type=float, nargs="+", default=None,
-                    help="rates for speed-only (random-init) models (default: 0.05 0.10)")
-    ap.add_argument("--speed-size", type=int, default=256, help="input size of speed-only models")
+                    help=f"rates for speed-only (random-init) models (default: {_listed(SPEED_RATES)})")
+    ap.add_argument("--speed-size", type=int, default=None,
+                    help=f"input size of speed-only models (default: {SPEED_INPUT_SIZE})")
     ap.add_argument("--val-images", type=int, default=None, help="default: the whole val split (200)")
-    ap.add_argument("--calib-images", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=60, help="timed runs per variant (accuracy models)")
-    ap.add_argument("--min-s", type=float, default=3.0, help="minimum timed seconds per interleaved run")
-    ap.add_argument("--speed-runs", type=int, default=40, help="timed runs per variant (speed-only models)")
+    ap.add_argument("--calib-images", type=int, default=None, help=f"default: {CALIB_IMAGES}")
+    ap.add_argument("--runs", type=int, default=None,
+                    help=f"timed runs per variant (accuracy models; default: {LATENCY.runs})")
+    ap.add_argument("--min-s", type=float, default=None,
+                    help=f"minimum timed seconds per interleaved run (default: {LATENCY.min_s:g})")
+    ap.add_argument("--speed-runs", type=int, default=None,
+                    help=f"timed runs per variant (speed-only models; default: {SPEED_LATENCY.runs})")
     ap.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
     ap.add_argument("--no-peer", action="store_true", help="skip the Ultralytics export comparison")
     ap.add_argument("--onnx-map", action="store_true",
                     help="also measure mAP through ONNX Runtime for every variant (adds ~40%% to accuracy models)")
-    ap.add_argument("--backends", nargs="+", default=None, help=f"default: {' '.join(BACKENDS)}")
+    ap.add_argument("--backends", nargs="+", default=None, help=f"default: {_listed(BACKENDS)}")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the exported ONNX files in OUT/onnx")
     ap.add_argument("--quick", action="store_true",
-                    help="tiny smoke settings: random-init yolov8n at 64 px, rates 0.02 0.05, 3 timed runs, 8 images")
+                    help=f"tiny smoke settings: random-init yolov8n at 64 px, rates {_listed(QUICK_RATES)}, 3 timed "
+                         f"runs, {QUICK_IMAGES} images")
     ap.add_argument("--render-only", action="store_true", help="only redraw report.md and the figures")
+    ap.add_argument("--study", default=None,
+                    help="with --render-only: the study.json to render into OUT (default: OUT/study.json)")
 
 
-def settings_from_args(args: argparse.Namespace, log=print):
-    """StudySettings from parsed options; `args.command` is recorded in the results."""
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySettings:
+    """StudySettings from parsed options: the quick preset with `--quick`, else the paper's; `args.command` is
+    recorded in the results."""
     from xprune.reference import reference_models
-    from xprune.study import StudySettings
 
-    out = Path(args.out)
-    command = args.command
+    changes = {"data": Path(args.data) if args.data else None, "threads": args.threads, "onnx_map": args.onnx_map,
+               "peer": not args.no_peer, "keep_onnx": args.keep_onnx, "command": args.command,
+               **_given(models=args.models, criteria=tuple(args.criteria) if args.criteria else None,
+                        rates=tuple(args.rates) if args.rates else None, val_images=args.val_images,
+                        calib_images=args.calib_images, backends=tuple(args.backends) if args.backends else None)}
     if args.quick:
-        return StudySettings(
-            out=out, models=args.models or ["yolov8n"], criteria=tuple(args.criteria or ("l1", "attr")),
-            rates=tuple(args.rates or (0.02, 0.05)), data=(Path(args.data) if args.data else None), calib_images=min(args.calib_images, 8),
-            val_images=args.val_images or 8, batch_size=4, use_reference=False, speed_input_size=64,
-            latency=LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0),
-            threads=args.threads, onnx_map=args.onnx_map, peer=not args.no_peer,
-            backends=tuple(args.backends or BACKENDS), keep_onnx=args.keep_onnx,
-            command=command)
-    models = args.models or ACCURACY_MODELS + SPEED_MODELS
+        return StudySettings.quick(Path(args.out), **changes)
     refs = reference_models()
-    for m in models:
+    for m in args.models or ACCURACY_MODELS + SPEED_MODELS:
         if m in ACCURACY_MODELS and m not in refs:
             log(f"warning: no reference checkpoint for {m} in xprune/reference/: it gets speed-only rows "
                 "(random init); run benchmarks/train_reference.py first for accuracy rows")
-    return StudySettings(
-        out=out, models=models, criteria=tuple(args.criteria or ("l1", "attr")),
-        rates=tuple(args.rates or (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)),
-        speed_rates=tuple(args.speed_rates or (0.05, 0.10)), data=(Path(args.data) if args.data else None),
-        calib_images=args.calib_images, val_images=args.val_images, speed_input_size=args.speed_size,
-        latency=LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=args.runs, min_s=args.min_s),
-        speed_latency=LatencyProtocol(warmup_runs=5, warmup_s=1.0, runs=args.speed_runs, min_s=args.min_s),
-        threads=args.threads, onnx_map=args.onnx_map, peer=not args.no_peer,
-        backends=tuple(args.backends or BACKENDS), keep_onnx=args.keep_onnx,
-        command=command)
+    changes.update(_given(speed_rates=tuple(args.speed_rates) if args.speed_rates else None,
+                          speed_input_size=args.speed_size))
+    return StudySettings.paper(Path(args.out), latency=replace(LATENCY, **_given(runs=args.runs, min_s=args.min_s)),
+                               speed_latency=replace(SPEED_LATENCY, **_given(runs=args.speed_runs, min_s=args.min_s)),
+                               **changes)
+
+
+def run_and_report(args: argparse.Namespace, log: Log = print,
+                   synthesize_data: bool = False) -> tuple[Path, Path]:
+    """Run the study the options describe (with `--render-only`, only read it) and write report.md and the figures
+    into OUT. With `synthesize_data`, a `--data` folder without a dataset gets the synthetic set first. Returns the
+    study file and the report."""
+    from xprune.study.report import write_report
+
+    out = Path(args.out)
+    if args.render_only:
+        study = Path(args.study) if args.study else out / STUDY_FILE
+    else:
+        from xprune.study.sweep import run_study
+
+        settings = settings_from_args(args, log)
+        settings.validate()  # before a dataset is generated for a run that cannot start
+        if synthesize_data and settings.data is not None and not (settings.data / "annotations").is_dir():
+            from xprune.data.synth import SynthConfig, generate
+            log(f"generating the synthetic dataset in {settings.data}")
+            generate(settings.data, SynthConfig())
+        study = run_study(settings, log=log)
+    return study, write_report(study, out)

@@ -13,6 +13,9 @@ The export goes through Ultralytics' public API on a checkpoint in Ultralytics' 
 `best_onnx_opset`, `simplify=True`, i.e. onnxslim when it is installed, static batch 1). xprune's reference
 checkpoints are in xprune's format (a state dict); `ultralytics_checkpoint` rebuilds the DetectionModel from the
 detector and wraps it the way Ultralytics' trainer saves one.
+
+In a study (`export_peer`, `peer_results`) the peer is timed in the same interleaved ONNX Runtime run as xprune's
+variants, so every pruned variant gets a paired latency ratio against it beside the mAP it lost.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -36,6 +40,13 @@ from xprune.files import atomic_path, file_sha256
 from xprune.models.detector import Detector, postprocess
 from xprune.models.yolo import decode_yolo_output, quiet_ultralytics_env
 from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
+
+if TYPE_CHECKING:
+    from xprune.bench.run import Target
+    from xprune.study.settings import Log, StudySettings
+    from xprune.study.variants import Variant
+
+PEER = "peer-ultralytics"  # the peer's variant id in results rows
 
 
 def ultralytics_version() -> str | None:
@@ -139,3 +150,85 @@ class UltralyticsOnnxRunner(OnnxRuntimeRunner):
     def predict(self, x: torch.Tensor) -> list[dict]:
         boxes, scores = self.raw(x.numpy())
         return postprocess(boxes, scores, iou=self.nms_iou)
+
+
+# --- the peer in a study ------------------------------------------------------------------------------------------
+
+def export_peer(det: Detector, work: Path, data: Path, settings: StudySettings, log: Log
+                ) -> tuple[dict, Target | None]:
+    """Export the peer and check its decoded outputs against PyTorch. Returns study.json's "peer" record so far
+    and the target to time (None when the export failed: the record says why)."""
+    from xprune.bench.run import Target
+    from xprune.data.coco import CocoDetectionSet
+    from xprune.study.measure import max_rel_error
+
+    path = work / f"{det.family}-ultralytics.onnx"
+    log(f"[{det.family}] peer: Ultralytics' own ONNX export")
+    try:
+        names: list[str] | None = CocoDetectionSet.from_folder(data, "val", 32, limit=1).class_names
+        if names is not None and len(names) != det.num_classes:
+            names = None
+        info = export_ultralytics_onnx(det, path, names)
+    except XpruneError as e:
+        log(f"[{det.family}] peer export failed: {e}")
+        return {"available": False, "reason": str(e)}, None
+    x = np.random.default_rng(1).random((1, 3, det.input_size, det.input_size), dtype=np.float32)
+    with torch.no_grad():
+        reference = [o.numpy() for o in det.raw(torch.from_numpy(x))]
+    check = UltralyticsOnnxRunner(path, threads=settings.threads)
+    with check:
+        got = [o.numpy() for o in check.raw(x)]
+    target_info = {"source": str(path), "model": det.family, "variant": PEER, "method": None, "rate": None,
+                   "variant_id": PEER, "input_shape": info["input_shape"], "exporter": "ultralytics"}
+    runner = UltralyticsOnnxRunner(path, threads=settings.threads, nms_iou=det.nms_iou)
+    record = {"available": True, "model": det.family, "export": info,
+              "decoded_max_rel_error_vs_torch": max_rel_error(reference, got)}
+    return record, Target(path, runner, target_info)
+
+
+def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant], val, det: Detector,
+                 settings: StudySettings, log: Log) -> dict:
+    """The peer record completed from the ONNX Runtime run it was timed in: its latency, xprune's baseline and
+    every pruned variant against it, and (for accuracy models, `val` given) its mAP."""
+    from xprune.study.measure import onnxruntime_map
+    from xprune.study.stats import latency_fields, paired_summary, pct_change
+    from xprune.study.variants import BASELINE, BASELINE_COPY
+
+    out = dict(record)
+    peer = by_id[PEER]
+    out.update({**latency_fields(peer), "samples_file_row": PEER})
+    base_row = by_id[BASELINE]
+    out["xprune_baseline_vs_peer"] = paired_summary(base_row, peer)
+    out["xprune_baseline_fps"] = base_row["fps"]
+    if BASELINE_COPY in by_id:
+        out["aa_control"] = paired_summary(by_id[BASELINE_COPY], base_row)
+    base = variants[0]
+    accuracy = val is not None
+    if accuracy:
+        log(f"[{det.family}] peer: mAP through ONNX Runtime + shared post-process")
+        m = onnxruntime_map(path, det, val, settings.threads, settings.progress, UltralyticsOnnxRunner)
+        out.update({"map": m["map"], "map50": m["map50"], "val_images": m["images"]})
+        if "onnx_map" not in base.info and base.onnx is not None:  # compared with xprune's export on one runtime
+            log(f"[{det.family}] mAP of xprune's baseline ONNX through ONNX Runtime")
+            mb = onnxruntime_map(base.onnx, det, val, settings.threads, settings.progress)
+            base.info.update({"onnx_map": mb["map"], "onnx_map50": mb["map50"]})
+    comparisons = []
+    for v in variants[1:]:
+        row = by_id[v.id]
+        ratio = paired_summary(row, peer)
+        for method, rate in v.uses:
+            comparisons.append({
+                "method": method, "rate": rate, "variant_id": v.id, "layers_zeroed": len(v.layers),
+                "xprune_fps": row["fps"], "xprune_median_ms": row["median_ms"],
+                "latency_ratio_vs_peer": ratio["median"], "latency_ratio_p10": ratio["p10"],
+                "latency_ratio_p90": ratio["p90"], "faster": ratio["median"] < 1.0,
+                "clearly_faster": ratio["p90"] < 1.0,
+                "removed_mac_fraction": v.info.get("removed_mac_fraction"),
+                "map": v.info.get("map") if accuracy else None,
+                "map_lost": (base.info["map"] - v.info["map"]) if accuracy else None,
+                "dmap_pct": pct_change(v.info.get("map"), base.info.get("map")) if accuracy else None})
+    comparisons.sort(key=lambda c: (c["method"], c["rate"]))
+    out["comparisons"] = comparisons
+    out["baseline_map"] = base.info.get("map") if accuracy else None
+    out["baseline_onnx_map"] = base.info.get("onnx_map") if accuracy else None
+    return out

@@ -83,6 +83,15 @@ def _rows(study: dict, **match) -> list[dict]:
     return [r for r in study["rows"] if all(r.get(k) == v for k, v in match.items())]
 
 
+def _rate_axes(ax, title: str, ylabel: str, legend_size: int) -> None:
+    """Zero line, labels and legend of a panel over pruning rates."""
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_title(title)
+    ax.set_xlabel("pruning rate (% of candidate layers)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+
+
 def rate_sweep_map(study: dict, path: Path) -> Path | None:
     models = [m for m in study["models"] if m["accuracy"]]
     if not models:
@@ -95,11 +104,7 @@ def rate_sweep_map(study: dict, path: Path) -> Path | None:
             xs = [0.0] + [100 * r["rate"] for r in rows if r["dmap_pct"] is not None]
             ys = [0.0] + [r["dmap_pct"] for r in rows if r["dmap_pct"] is not None]
             ax.plot(xs, ys, "o-", color=color(method), label=method)
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_title(f"{m['model']}: mAP change vs pruning rate")
-        ax.set_xlabel("pruning rate (% of candidate layers)")
-        ax.set_ylabel("Δ mAP@[.50:.95] vs baseline (%)")
-        ax.legend(fontsize=8)
+        _rate_axes(ax, f"{m['model']}: mAP change vs pruning rate", "Δ mAP@[.50:.95] vs baseline (%)", 8)
     return _save(fig, path)
 
 
@@ -123,11 +128,7 @@ def rate_sweep_fps(study: dict, path: Path) -> Path | None:
         if aa:
             half = max(abs(v) for v in aa)
             ax.axhspan(-half, half, color="0.9", zorder=0, label="A/A control (largest |Δ|): noise")
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_title(f"{BACKEND_NAMES.get(b, b)}: FPS change vs rate")
-        ax.set_xlabel("pruning rate (% of candidate layers)")
-        ax.set_ylabel("Δ FPS vs baseline (%)")
-        ax.legend(fontsize=7)
+        _rate_axes(ax, f"{BACKEND_NAMES.get(b, b)}: FPS change vs rate", "Δ FPS vs baseline (%)", 7)
     return _save(fig, path)
 
 

@@ -9,7 +9,7 @@ from xprune.errors import XpruneError
 from xprune.files import read_json, write_with
 from xprune.runtime.registry import BACKENDS
 
-from xprune.study.sweep import FORMAT, STUDY_FILE
+from xprune.study.settings import FORMAT, STUDY_FILE
 
 BACKEND_TITLES = {
     "torch": "PyTorch eager, CPU — zeroed weights, dense compute (the paper's setting)",

@@ -1,0 +1,174 @@
+"""What a study measures (`StudySettings`), its defaults, and its presets.
+
+The defaults are the protocol of the committed study (`benchmarks/results/study/study.json`, "settings"); every
+entry point (`xprune study`, `xprune demo`, `benchmarks/reproduce.py`) starts from them. The presets are named
+constructors:
+
+- `StudySettings.paper(out)`  the paper's sweep as committed: two accuracy models with reference checkpoints, two
+  speed-only families (random init) at fewer rates and a shorter latency protocol;
+- `StudySettings.quick(out)`  a smoke run: random-init YOLOv8n at 64 px, two rates, three timed runs, eight images;
+- `StudySettings.demo(out)`   every reference model at one rate on PyTorch and ONNX Runtime, with the zeroed-only
+  ONNX timed and mAP measured through ONNX Runtime too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from xprune.bench.latency import LatencyProtocol
+from xprune.errors import XpruneError
+from xprune.files import display_path
+from xprune.runtime.registry import BACKENDS as RUNTIME_BACKENDS
+
+Log = Callable[[str], None]  # where a study reports progress
+
+FORMAT = "xprune-study-1"
+STUDY_FILE = "study.json"
+BACKENDS = tuple(RUNTIME_BACKENDS)
+FIGURE_RATE = 0.05  # the paper's rate: the layers marked in the importance figure (Fig. 2)
+
+ACCURACY_MODELS = ("yolov8n", "ssdlite320-mbv3")  # reference checkpoints: accuracy and speed rows
+SPEED_MODELS = ("ssd-mobilenetv2", "ssd-shufflenetv2")  # no trained weights here: speed-only rows
+CRITERIA = ("l1", "attr")
+RATES = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)  # the paper's sweep
+SPEED_RATES = (0.05, 0.10)
+CALIB_IMAGES = 32
+BATCH_SIZE = 8
+SPEED_INPUT_SIZE = 256
+LATENCY = LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=60, min_s=3.0)
+SPEED_LATENCY = LatencyProtocol(warmup_runs=5, warmup_s=1.0, runs=40, min_s=3.0)
+
+QUICK_MODELS = ("yolov8n",)
+QUICK_RATES = (0.02, 0.05)
+QUICK_IMAGES = 8  # calibration (at most) and val images of a quick run
+QUICK_LATENCY = LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0)
+
+DEMO_RATE = 0.05
+DEMO_CALIB_IMAGES = 64
+DEMO_LATENCY_RUNS = 100
+DEMO_BACKENDS = ("torch", "onnxruntime")
+
+
+@dataclass
+class StudySettings:
+    """What `run_study` measures. Every model gets the same rates and latency protocol unless `speed_rates` /
+    `speed_latency` give others for the speed-only (random-init) ones, as the paper preset does."""
+
+    out: Path
+    models: list[str] = field(default_factory=lambda: [*ACCURACY_MODELS, *SPEED_MODELS])
+    criteria: tuple[str, ...] = CRITERIA
+    rates: tuple[float, ...] = RATES
+    policy: str = "safe"
+    # Dataset (COCO format). None: the synthetic set (SynthConfig defaults) generated or reused in OUT/data.
+    data: Path | None = None
+    calib_images: int = CALIB_IMAGES
+    val_images: int | None = None  # None: the whole val split
+    batch_size: int = BATCH_SIZE
+    # Weights: committed reference checkpoints (accuracy rows) unless use_reference is False; `weights` names
+    # checkpoints explicitly ({model: path}, accuracy rows too). Anything else is random init: speed-only rows.
+    use_reference: bool = True
+    weights: dict[str, str] = field(default_factory=dict)
+    speed_input_size: int = SPEED_INPUT_SIZE  # input size of random-init (speed-only) families
+    speed_rates: tuple[float, ...] | None = None  # rates for speed-only families (None: `rates`)
+    backends: tuple[str, ...] = BACKENDS
+    latency: LatencyProtocol = LATENCY
+    speed_latency: LatencyProtocol | None = None  # protocol for speed-only families (None: `latency`)
+    threads: int | None = None  # torch and ONNX Runtime intra-op threads (None: torch's current / all cores)
+    aa_control: bool = True  # time the baseline twice per backend (the noise floor of the comparison)
+    onnx_map: bool = False  # also measure mAP through ONNX Runtime for every variant (accuracy models; the fold is
+    #                         exact, so this repeats the PyTorch number up to NMS ties: off by default)
+    onnx_zeroed: bool = False  # also time the zeroed-only (unfolded) ONNX of every variant
+    peer: bool = True  # Ultralytics' own ONNX export of YOLOv8 models, in the same ONNX Runtime run
+    trt_fp16: bool = False
+    keep_onnx: bool = False  # keep exported ONNX files in OUT/onnx (default: a temporary folder)
+    command: str | None = None
+    progress: bool = True
+
+    # -- presets ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def paper(cls, out: Path, **changes: Any) -> StudySettings:
+        """The committed study: `benchmarks/reproduce.py` and `xprune study` without options."""
+        return cls(out=Path(out), **{"speed_rates": SPEED_RATES, "speed_latency": SPEED_LATENCY, **changes})
+
+    @classmethod
+    def quick(cls, out: Path, **changes: Any) -> StudySettings:
+        """A smoke run that exercises every stage in about a minute."""
+        calib = min(changes.pop("calib_images", QUICK_IMAGES), QUICK_IMAGES)
+        preset: dict[str, Any] = {"models": list(QUICK_MODELS), "rates": QUICK_RATES, "val_images": QUICK_IMAGES,
+                                  "batch_size": 4, "use_reference": False, "speed_input_size": 64,
+                                  "latency": QUICK_LATENCY}
+        return cls(out=Path(out), calib_images=calib, **{**preset, **changes})
+
+    @classmethod
+    def demo(cls, out: Path, models: list[str] | None = None, rate: float | None = None,
+             latency_runs: int | None = None, calib_images: int | None = None, **changes: Any) -> StudySettings:
+        """Every reference model (or `models`, each of which must have a reference checkpoint) at one rate."""
+        from xprune.prune.plan import check_rate
+        from xprune.reference import reference_models
+
+        rate = check_rate(DEMO_RATE if rate is None else rate)
+        refs = reference_models()
+        if not refs:
+            raise XpruneError("no reference checkpoints found in the package; run benchmarks/train_reference.py")
+        names = list(models or sorted(refs))
+        unknown = [n for n in names if n not in refs]
+        if unknown:
+            raise XpruneError(f"no reference checkpoint for {unknown[0]}; available: {', '.join(sorted(refs))}")
+        runs = DEMO_LATENCY_RUNS if latency_runs is None else latency_runs
+        # a short run is for a look, not a measurement: it skips the minimum timed seconds
+        latency = LatencyProtocol(runs=runs, min_s=3.0 if runs >= 100 else 0.0)
+        preset: dict[str, Any] = {"backends": DEMO_BACKENDS, "onnx_map": True, "onnx_zeroed": True, "peer": False}
+        return cls(out=Path(out), models=names, rates=(rate,), latency=latency,
+                   calib_images=calib_images or DEMO_CALIB_IMAGES, **{**preset, **changes})
+
+    # -- checks and the record -------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        from xprune.importance.criteria import CRITERIA as KNOWN_CRITERIA
+        from xprune.models.zoo import FAMILIES
+        from xprune.prune.plan import POLICIES, check_rate
+
+        if not self.models:
+            raise XpruneError("the study needs at least one model")
+        for m in self.models:
+            if m not in FAMILIES:
+                raise XpruneError(f"unknown model '{m}'; choose from: {', '.join(FAMILIES)}")
+        if len(set(self.models)) != len(self.models):
+            raise XpruneError("a model is listed twice")
+        for c in self.criteria:
+            if c not in KNOWN_CRITERIA:
+                raise XpruneError(f"unknown criterion '{c}'; choose from: {', '.join(KNOWN_CRITERIA)}")
+        if not self.criteria:
+            raise XpruneError("the study needs at least one criterion")
+        if not self.rates:
+            raise XpruneError("the study needs at least one pruning rate")
+        for r in (*self.rates, *(self.speed_rates or ())):
+            check_rate(r)
+        if self.policy not in POLICIES:
+            raise XpruneError(f"unknown candidate policy '{self.policy}'; choose one of: {', '.join(POLICIES)}")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise XpruneError(f"unknown backend '{unknown[0]}'; choose from: {', '.join(BACKENDS)}")
+        if self.speed_input_size < 32 or self.speed_input_size % 32:
+            raise XpruneError(f"speed_input_size must be a positive multiple of 32, got {self.speed_input_size}")
+        for m in self.weights:
+            if m not in self.models:
+                raise XpruneError(f"weights given for {m}, which is not in the study's models")
+
+    def rates_for(self, accuracy: bool) -> tuple[float, ...]:
+        return tuple(self.rates if accuracy else (self.speed_rates or self.rates))
+
+    def latency_for(self, accuracy: bool) -> LatencyProtocol:
+        return self.latency if accuracy else (self.speed_latency or self.latency)
+
+    def describe(self) -> dict:
+        """The "settings" block of study.json."""
+        d = asdict(self)
+        d["out"] = display_path(self.out)
+        d["data"] = display_path(self.data) if self.data else None
+        d["latency"] = asdict(self.latency)
+        d["speed_latency"] = asdict(self.speed_latency) if self.speed_latency else None
+        d["criteria"], d["rates"], d["backends"] = list(self.criteria), list(self.rates), list(self.backends)
+        d["speed_rates"] = list(self.speed_rates) if self.speed_rates else None
+        return d

@@ -1,0 +1,76 @@
+"""The numbers a study derives from its measurements: changes against the baseline, paired latency ratios of
+interleaved runs, and how far the criteria agree."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xprune.prune.plan import Infeasible, Plan
+
+LATENCY_FIELDS = ("n", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "fps")
+
+
+def pct_change(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base == 0:
+        return None
+    return 100.0 * (value - base) / base
+
+
+def paired_ratios(samples: list[float], base: list[float]) -> list[float]:
+    """Per-round latency ratios of two interleaved sample lists (round i of one with round i of the other)."""
+    n = min(len(samples), len(base))
+    return [samples[i] / base[i] for i in range(n)]
+
+
+def ratio_summary(ratios: list[float]) -> dict:
+    if not ratios:
+        return {"median": None, "p10": None, "p90": None, "n": 0}
+    p10, median, p90 = (float(v) for v in np.percentile(ratios, [10, 50, 90]))
+    return {"median": median, "p10": p10, "p90": p90, "n": len(ratios)}
+
+
+def paired_summary(row: dict, base: dict) -> dict:
+    """`ratio_summary` of two results rows timed in the same interleaved run."""
+    return ratio_summary(paired_ratios(row["samples_ms"], base["samples_ms"]))
+
+
+def latency_fields(row: dict) -> dict:
+    """The summary statistics of a results row, without its samples."""
+    return {k: row[k] for k in LATENCY_FIELDS}
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation (scipy; average ranks for ties); None when undefined."""
+    from scipy.stats import spearmanr
+    if len(a) < 2 or len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def overlap(a: set, b: set) -> float:
+    """|A & B| / |A|."""
+    return len(a & b) / max(len(a), 1)
+
+
+def agreement(layer_scores: dict, plans: dict[str, dict[float, Plan | Infeasible]], rates) -> dict:
+    """How far the criteria agree: Spearman correlation of their scores over candidate layers, and the overlap
+    of the layers each zeroed per rate."""
+    crit = list(layer_scores["criteria"])
+    mask = layer_scores["candidate"]
+    out = {}
+    for i, a in enumerate(crit):
+        for b in crit[i + 1:]:
+            sa = [s for s, c in zip(layer_scores["criteria"][a]["scores"], mask) if c]
+            sb = [s for s, c in zip(layer_scores["criteria"][b]["scores"], mask) if c]
+            per_rate = {}
+            for r in rates:
+                pa, pb = plans[a][r], plans[b][r]
+                if isinstance(pa, Infeasible) or isinstance(pb, Infeasible):
+                    continue
+                la, lb = set(pa.layers), set(pb.layers)
+                per_rate[f"{r:g}"] = {"common": sorted(la & lb), "overlap": overlap(la, lb)}
+            bottom_a = set(layer_scores["criteria"][a]["bottom"])
+            bottom_b = set(layer_scores["criteria"][b]["bottom"])
+            out[f"{a}-vs-{b}"] = {"spearman": spearman(sa, sb), "per_rate": per_rate,
+                                  "bottom_overlap": overlap(bottom_a, bottom_b)}
+    return out
