@@ -26,7 +26,7 @@ from xprune.runtime.tensorrt.build import CalibrationFeed, build_engine, calibra
 from xprune.runtime.tensorrt.loader import sidecar_path
 from xprune.runtime.tensorrt.runner import TensorRTRunner
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -254,6 +254,7 @@ def _readable_stubs(target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_tensorrt_code_type_checks(tmp_path):
     pytest.importorskip("mypy")
     try:

@@ -17,7 +17,7 @@ def _targets():
             {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 40.0, 40.0]]), "labels": torch.tensor([0, 5])}]
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "50" in n else n for n in FAMILY_NAMES])
 def test_family_loss_raw_and_predict(name):
     det = build_detector(name, "none", num_classes=6, input_size=SIZE)
     x = torch.rand(2, 3, SIZE, SIZE)

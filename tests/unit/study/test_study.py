@@ -21,7 +21,7 @@ from xprune.study.settings import StudySettings
 from xprune.study.stats import paired_ratios, pct_change, ratio_summary, spearman
 from xprune.study.sweep import run_study
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0)
 
 
@@ -55,6 +55,7 @@ def _num(cell: str) -> float | None:
     return float(cell.replace(",", "").replace("%", "").replace("+", "").replace(" †", ""))
 
 
+@pytest.mark.slow
 def test_study_writes_json_bench_docs_report_and_figures(study):
     path, lines = study
     doc = load_study(path)
@@ -85,6 +86,7 @@ def test_study_writes_json_bench_docs_report_and_figures(study):
     assert (out / "scores" / "yolov8n-attr.json").is_file()
 
 
+@pytest.mark.slow
 def test_speed_only_model_is_marked(study):
     path, _ = study
     doc = load_study(path)
@@ -98,6 +100,7 @@ def test_speed_only_model_is_marked(study):
     assert not (path.parent / "rate-sweep-map.png").exists()
 
 
+@pytest.mark.slow
 def test_rates_are_prefixes_of_one_ranking_and_fold_shrinks_macs(study):
     doc = load_study(study[0])
     m = doc["models"][0]
@@ -112,6 +115,7 @@ def test_rates_are_prefixes_of_one_ranking_and_fold_shrinks_macs(study):
             assert v["effective_macs"] < base["effective_macs"]
 
 
+@pytest.mark.slow
 def test_report_numbers_are_the_json_numbers(study):
     path, _ = study
     doc = load_study(path)
@@ -140,6 +144,7 @@ def test_report_numbers_are_the_json_numbers(study):
     assert len(_table_rows(md, "Peer")) == len(peer["comparisons"]) == 4
 
 
+@pytest.mark.slow
 def test_report_accuracy_columns_come_from_the_json(study):
     """The same renderer with accuracy rows: made-up mAPs go into the JSON and come out in the tables."""
     doc = copy.deepcopy(load_study(study[0]))
@@ -197,6 +202,7 @@ def test_settings_are_checked(tmp_path):
         StudySettings(out=tmp_path, models=["resnet"]).validate()
 
 
+@pytest.mark.slow
 def test_study_json_is_plain_json(study):
     text = study[0].read_text()
     assert not re.search(r"\bNaN\b|\bInfinity\b", text)

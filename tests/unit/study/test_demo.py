@@ -24,6 +24,7 @@ def test_reference_models_are_committed():
     assert any(not name.startswith("yolov8") for name in refs), "one torchvision family is trained too"
 
 
+@pytest.mark.slow
 def test_demo_rows_cover_every_model_method_and_backend(demo_run):
     out, study = demo_run
     rows = study["rows"]
@@ -58,6 +59,7 @@ def test_demo_rows_cover_every_model_method_and_backend(demo_run):
     assert (out / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_demo_writes_scores_plans_and_agreement(demo_run):
     out, study = demo_run
     for m in study["models"]:

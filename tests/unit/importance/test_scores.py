@@ -13,6 +13,7 @@ def yolo():
     return build_detector("yolov8n", "none", num_classes=6, input_size=128)
 
 
+@pytest.mark.slow
 def test_attr_is_deterministic_and_leaves_no_hooks(yolo, synth_data):
     calib = calibration_set(synth_data, 128, 8)
     a = score_layers(yolo, "attr", calib, batch_size=4)

@@ -19,6 +19,7 @@ from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
 FAMILY_SIZES = {"yolov8n": 64, "ssdlite320-mbv3": 96, "ssd-mobilenetv2": 96, "ssd-shufflenetv2": 96,
                 "ssd-resnet50": 96, "retinanet-r50-fpn": 96, "fasterrcnn-r50-fpn": 96}
+FAST = ("yolov8n", "ssd-mobilenetv2")  # the fast loop folds one YOLO and one SSD; the full suite every family
 
 
 def _pruned(name: str, size: int, rate: float = 0.1):
@@ -39,7 +40,8 @@ def test_every_zoo_family_is_covered():
     assert set(FAMILY_SIZES) == {n for n in FAMILIES if not n.startswith("yolov8") or n == "yolov8n"}
 
 
-@pytest.mark.parametrize("name", sorted(FAMILY_SIZES))
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(FAMILY_SIZES)])
 def test_folded_export_is_exact_and_smaller(name, tmp_path):
     pruned, plan = _pruned(name, FAMILY_SIZES[name])
     zeroed = export_onnx(pruned, tmp_path / "zeroed.onnx", fold=False)

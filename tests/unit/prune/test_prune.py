@@ -37,6 +37,7 @@ def test_dependence_check_sees_a_dead_stem(yolo):
     assert outputs_depend_on_input(probe)  # weights restored
 
 
+@pytest.mark.slow
 def test_safe_skips_the_only_path_and_keeps_the_model_alive(yolo):
     scores = _scores_with_lowest(yolo, [STEM, "model.1.conv"])
     plan = plan_pruning(yolo, scores, 0.3, "safe")
@@ -70,6 +71,7 @@ def test_scores_of_another_model_are_refused(yolo):
         plan_pruning(yolo, score_layers(other, "l1"), 0.05)
 
 
+@pytest.mark.slow
 def test_safe_plan_on_torchvision_ssd_keeps_outputs_alive():
     det = build_detector("ssd-mobilenetv2", "none", num_classes=6, input_size=96)
     plan = plan_pruning(det, score_layers(det, "l1"), 0.1, "safe")
