@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import shutil
 import sys
@@ -36,16 +37,29 @@ REFERENCE_DIR = ROOT / "xprune" / "reference"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 
-def train_yolo(data: Path, epochs: int, size: int, log: Path) -> Path:
+def cache_dir() -> Path:
+    """Where training runs keep their per-epoch checkpoints, so an interrupted run resumes."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "xprune" / "train"
+
+
+def train_yolo(data: Path, epochs: int, size: int, log: Path, run_name: str) -> Path:
+    """Ultralytics' trainer; it saves last.pt every epoch, and a rerun resumes from it."""
     quiet_ultralytics_env()
     from ultralytics import YOLO
 
-    work = Path(tempfile.mkdtemp(prefix="xprune-yolo-"))
-    model = YOLO("yolov8n.yaml")
-    model.train(data=str(data / "data.yaml"), epochs=epochs, imgsz=size, batch=32, workers=2, device="cpu",
-                project=str(work), name="run", exist_ok=True, plots=False, amp=False, pretrained=False, seed=0,
-                deterministic=True, close_mosaic=max(2, epochs // 4), val=True, verbose=True)
-    run = work / "run"
+    work = cache_dir()
+    last = work / run_name / "weights" / "last.pt"
+    if last.is_file() and not (work / run_name / "weights" / "done").is_file():
+        print(f"resuming from {last}", flush=True)
+        YOLO(str(last)).train(resume=True)
+    else:
+        model = YOLO("yolov8n.yaml")
+        model.train(data=str(data / "data.yaml"), epochs=epochs, imgsz=size, batch=32, workers=2, device="cpu",
+                    project=str(work), name=run_name, exist_ok=True, plots=False, amp=False, pretrained=False,
+                    seed=0, deterministic=True, close_mosaic=max(2, epochs // 4), val=True, verbose=True)
+    run = work / run_name
+    (run / "weights" / "done").write_text("finished\n")
     shutil.copy(run / "results.csv", log.with_suffix(".csv"))
     return run / "weights" / "best.pt"
 
@@ -103,7 +117,7 @@ def main() -> None:
     t0 = time.time()
     if args.model == "yolov8n":
         epochs = args.epochs or 40
-        trained = train_yolo(data, epochs, args.size, log)
+        trained = train_yolo(data, epochs, args.size, log, f"{args.model}-{Path(args.data).name}")
     else:
         epochs = args.epochs or 60
         trained = train_torchvision(args.model, data, epochs, args.size, log, args.train_images)

@@ -1,34 +1,74 @@
 """Deterministic synthetic detection dataset in COCO format (plus YOLO labels for the Ultralytics trainer).
 
-Six shape classes with varied size, colour, texture, background clutter and occlusion: hard enough that
-detectors of different capacity score differently, easy enough that a small model learns it on a CPU.
+Six textured shape classes pasted on crops of real photographs (the sample images that ship inside
+scikit-image), with object sizes drawn to follow COCO's mix at the model's input size: about 40 % small
+(< 32² px), 35 % medium, 25 % large, objects up to ~90 % of the frame, 1 to 20 objects per image, overlap and
+occlusion, truncation at the borders, and distractor shapes that are not objects. Every branch of a multi-scale
+detector has objects to find, so an importance score cannot look good by finding a branch the data never uses.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
-import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from xprune.data.folder import DatasetWriter, ImageRecord
 from xprune.errors import XpruneError
 
+GENERATOR = "xprune-synth-2"
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 SPLITS = ("train", "val", "calib")
+STAMP = "synth.json"
+
+# COCO's object-size mix by its area rule (small < 32², medium < 96², large above), as cocodataset.org's detection
+# evaluation page states it for the 2014/2017 sets: "41% of objects are small, 34% are medium, and 24% are large".
+COCO_SIZE_FRACTIONS = {"small": 0.41, "medium": 0.34, "large": 0.24}
+# Side of the box (sqrt of its area) drawn per size group, in pixels; large ones up to a fraction of the frame.
+SIZE_GROUPS = {"small": (0.36, 10.0, 32.0), "medium": (0.33, 32.0, 96.0), "large": (0.31, 96.0, None)}
+MAX_SIDE_FRACTION = 0.9
+HISTOGRAM_EDGES = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0]  # box side / image side
+
+# Photographs among skimage's bundled sample images (charts, logos, silhouettes and tiny images left out).
+PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
+          "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
+          "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg", "text.png")
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     image_size: int = 320
     train: int = 1200
-    val: int = 200
+    val: int = 300
     calib: int = 64
-    max_objects: int = 6
+    max_objects: int = 20
+    mean_objects: float = 8.0
     seed: int = 0
+
+
+@lru_cache(maxsize=1)
+def photographs() -> tuple[np.ndarray, ...]:
+    """The background photographs as RGB uint8 arrays, read from scikit-image's package folder (not imported:
+    only its data files are needed)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise XpruneError("the synthetic set's backgrounds are scikit-image's sample photographs: "
+                          "pip install scikit-image")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    out = []
+    for name in PHOTOS:
+        try:
+            with Image.open(folder / name) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        except OSError as e:
+            raise XpruneError(f"cannot read background photograph {folder / name}: {e}") from None
+    return tuple(out)
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -59,10 +99,10 @@ def _texture(rng: np.random.Generator, size: int, colour: np.ndarray) -> Image.I
     if kind == 0:
         mask = np.zeros((size, size), bool)
     elif kind == 1:
-        period = int(rng.integers(4, 10))
+        period = int(rng.integers(3, 10))
         mask = ((xx + yy) // period) % 2 == 0
     else:
-        period = int(rng.integers(4, 10))
+        period = int(rng.integers(3, 10))
         mask = ((xx // period) + (yy // period)) % 2 == 0
     dark = np.clip(colour * 0.55, 0, 255)
     img = np.where(mask[..., None], dark[None, None, :], colour[None, None, :]).astype(np.uint8)
@@ -70,133 +110,175 @@ def _texture(rng: np.random.Generator, size: int, colour: np.ndarray) -> Image.I
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    base = rng.uniform(40, 215, size=3)
-    grad = np.linspace(-30, 30, size)[None, :, None] * rng.uniform(-1, 1, size=3)[None, None, :]
-    noise = rng.normal(0, 12, size=(size, size, 3))
-    img = Image.fromarray(np.clip(base + grad + noise, 0, 255).astype(np.uint8), "RGB")
+    """A random square crop of a photograph, resized to the frame, flipped, tinted (grey photos) and re-lit."""
+    photos = photographs()
+    photo = photos[int(rng.integers(len(photos)))]
+    h, w = photo.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.35, 1.0))
+    y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+    crop = photo[y0:y0 + side, x0:x0 + side].astype(np.float32)
+    if rng.uniform() < 0.5:
+        crop = crop[:, ::-1]
+    if np.ptp(crop.mean(axis=(0, 1))) < 1.0:  # a grey photograph: give it a colour cast
+        crop = crop * rng.uniform(0.6, 1.2, size=3)[None, None, :]
+    crop = crop * rng.uniform(0.7, 1.2) + rng.uniform(-20, 20)
+    img = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8), "RGB")
+    return img.resize((size, size), Image.BILINEAR)
+
+
+def _distractors(img: Image.Image, rng: np.random.Generator, count: int) -> None:
+    """Clutter that is not an object: irregular polygons, lines and blobs of any size."""
+    size = img.size[0]
     draw = ImageDraw.Draw(img)
-    # Clutter: thin lines and small blobs that are not objects.
-    for _ in range(int(rng.integers(3, 12))):
-        c = tuple(int(v) for v in rng.uniform(0, 255, 3))
-        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
-        draw.line([(x0, y0), (x1, y1)], fill=c, width=int(rng.integers(1, 4)))
-    for _ in range(int(rng.integers(0, 6))):
-        c = tuple(int(v) for v in rng.uniform(0, 255, 3))
-        x, y = (float(v) for v in rng.uniform(0, size, 2))
-        r = float(rng.uniform(2, 6))
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
-    return img
+    for _ in range(count):
+        colour = tuple(int(v) for v in rng.uniform(0, 255, 3))
+        kind = rng.integers(3)
+        if kind == 0:
+            cx, cy = rng.uniform(0, size, 2)
+            r = size * math.exp(rng.uniform(math.log(0.02), math.log(0.25)))
+            n = int(rng.integers(5, 9))
+            angles = np.sort(rng.uniform(0, 2 * math.pi, n))
+            radii = r * rng.uniform(0.3, 1.0, n)
+            draw.polygon([(float(cx + a * math.cos(t)), float(cy + a * math.sin(t))) for a, t in zip(radii, angles)],
+                         fill=colour)
+        elif kind == 1:
+            x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
+            draw.line([(x0, y0), (x1, y1)], fill=colour, width=int(rng.integers(1, 5)))
+        else:
+            x, y = (float(v) for v in rng.uniform(0, size, 2))
+            rx, ry = rng.uniform(2, 10, 2)
+            draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=colour)
 
 
-def _draw_object(img: Image.Image, rng: np.random.Generator, cls: int, cx: float, cy: float, r: float) -> list[float]:
-    """Paint one textured object; return its tight box [x0, y0, x1, y1] before clipping."""
+def _draw_object(img: Image.Image, rng: np.random.Generator, cls: int, cx: float, cy: float,
+                 r: float) -> tuple[np.ndarray, float]:
+    """Paint one textured object; return its pixel mask in the frame and the fraction of its unclipped box that
+    lies inside the frame."""
     size = img.size[0]
     kind = CLASSES[cls]
     mask = Image.new("L", img.size, 0)
     md = ImageDraw.Draw(mask)
     angle = float(rng.uniform(0, 2 * math.pi))
-    if kind == "circle":
+    if kind in ("circle", "ring"):
         md.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    elif kind == "ring":
-        md.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        ri = r * 0.55
-        md.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
+        if kind == "ring":
+            ri = r * 0.55
+            md.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
+        xs, ys = [cx - r, cx + r], [cy - r, cy + r]
     else:
-        md.polygon(_polygon(kind, cx, cy, r, angle), fill=255)
+        points = _polygon(kind, cx, cy, r, angle)
+        md.polygon(points, fill=255)
+        xs, ys = [x for x, _ in points], [y for _, y in points]
     colour = rng.uniform(20, 255, size=3)
     img.paste(_texture(rng, size, colour), (0, 0), mask)
-    bbox = mask.getbbox()
-    if bbox is None:
-        return []
-    return [float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3])]
+    x0, y0, x1, y1 = max(min(xs), 0), max(min(ys), 0), min(max(xs), size), min(max(ys), size)
+    inside = max(x1 - x0, 0) * max(y1 - y0, 0) / max((max(xs) - min(xs)) * (max(ys) - min(ys)), 1.0)
+    return np.asarray(mask) > 0, inside
+
+
+def _box_side(rng: np.random.Generator, size: int) -> float:
+    """Side of one object's box: a size group by its share, then log-uniform within the group."""
+    u, cumulative = rng.uniform(), 0.0
+    for share, lo, hi in SIZE_GROUPS.values():
+        cumulative += share
+        if u < cumulative:
+            break
+    hi = min(hi or MAX_SIDE_FRACTION * size, MAX_SIDE_FRACTION * size)
+    lo = min(lo, hi)
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
 def _make_image(rng: np.random.Generator, cfg: SynthConfig) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
     size = cfg.image_size
     img = _background(rng, size)
-    n = int(rng.integers(1, cfg.max_objects + 1))
-    objects: list[tuple[int, list[float]]] = []
-    for _ in range(n):
+    _distractors(img, rng, int(rng.integers(2, 8)))
+    n = int(min(cfg.max_objects, 1 + rng.poisson(cfg.mean_objects - 1)))
+    sides = [_box_side(rng, size) for _ in range(n)]
+    # Mostly large behind small, as in photographs taken at a distance; the jitter lets some small ones be hidden.
+    order = np.argsort([-s * rng.uniform(0.6, 1.4) for s in sides])
+    # Which object each pixel shows (-1: background): later objects occlude earlier ones.
+    owner = np.full((size, size), -1, dtype=np.int32)
+    painted: list[tuple[int, int, float]] = []  # (class, pixels painted, fraction of the box inside the frame)
+    for index, i in enumerate(order):
+        r = sides[i] / 2
         cls = int(rng.integers(len(CLASSES)))
-        r = float(size * rng.uniform(0.04, 0.2))
-        cx, cy = (float(v) for v in rng.uniform(r * 0.5, size - r * 0.5, 2))
-        box = _draw_object(img, rng, cls, cx, cy, r)
-        if box:
-            objects.append((cls, box))
-    # Later objects occlude earlier ones; drop those more than 60% hidden (their box no longer fits the pixels).
-    visible = _visible(objects, size)
+        # Centres may sit up to a quarter of the object outside the frame: truncation at the borders.
+        cx, cy = (float(v) for v in rng.uniform(-0.25 * r, size + 0.25 * r, 2))
+        mask, inside = _draw_object(img, rng, cls, cx, cy, r)
+        owner[mask] = index
+        painted.append((cls, int(mask.sum()), inside))
+    _distractors(img, rng, int(rng.integers(0, 3)))  # a little clutter in front of the objects too
     if rng.uniform() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
-    return img, visible
+    return img, _labelled(owner, painted)
 
 
-def _visible(objects: list[tuple[int, list[float]]], size: int) -> list[tuple[int, list[float]]]:
-    occupancy = np.full((size, size), -1, dtype=np.int32)
-    for i, (_, (x0, y0, x1, y1)) in enumerate(objects):
-        occupancy[int(y0):int(y1), int(x0):int(x1)] = i
+def _labelled(owner: np.ndarray, painted: list[tuple[int, int, float]]) -> list[tuple[int, list[float]]]:
+    """The objects an annotator would box: at least a quarter of the shape inside the frame, at least 40 % of its
+    pixels not hidden by later objects, at least 4 px on a side. The box is that of the visible pixels, as in COCO."""
     out = []
-    for i, (cls, (x0, y0, x1, y1)) in enumerate(objects):
-        area = max((x1 - x0) * (y1 - y0), 1.0)
-        seen = float((occupancy[int(y0):int(y1), int(x0):int(x1)] == i).sum())
-        if seen / area >= 0.4 and (x1 - x0) >= 4 and (y1 - y0) >= 4:
-            out.append((cls, [x0, y0, x1, y1]))
+    for index, (cls, pixels, inside) in enumerate(painted):
+        visible = owner == index
+        seen = int(visible.sum())
+        if pixels == 0 or inside < 0.25 or seen < 0.4 * pixels:
+            continue
+        ys, xs = np.nonzero(visible)
+        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+        if box[2] - box[0] >= 4 and box[3] - box[1] >= 4:
+            out.append((cls, box))
     return out
 
 
-def _coco_dict(images: list[dict], annotations: list[dict]) -> dict:
-    return {
-        "info": {"description": "xprune synthetic shapes", "version": "1"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)],
-    }
+def size_stats(annotations: list[dict], images: int, image_size: int) -> dict:
+    """The object-size mix of a COCO annotation list by COCO's area rule, next to COCO's own."""
+    areas = np.array([a["bbox"][2] * a["bbox"][3] for a in annotations], dtype=np.float64)
+    sides = np.array([max(a["bbox"][2], a["bbox"][3]) for a in annotations], dtype=np.float64)
+    n = max(len(areas), 1)
+    fractions = {"small": float((areas < 32 ** 2).sum() / n),
+                 "medium": float(((areas >= 32 ** 2) & (areas < 96 ** 2)).sum() / n),
+                 "large": float((areas >= 96 ** 2).sum() / n)}
+    counts, _ = np.histogram(np.sqrt(areas) / image_size, bins=HISTOGRAM_EDGES)
+    return {"objects": int(len(areas)), "images": images, "fractions": fractions,
+            "coco_fractions": COCO_SIZE_FRACTIONS,
+            "histogram": {"edges": HISTOGRAM_EDGES, "counts": counts.tolist(), "of": "sqrt(box area) / image side"},
+            "objects_per_image": float(len(areas) / max(images, 1)),
+            "max_box_side": float(sides.max() / image_size) if len(sides) else 0.0}
 
 
-def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool = False) -> Path:
+def _stamp(cfg: SynthConfig) -> dict:
+    return {"generator": GENERATOR, **asdict(cfg)}
+
+
+def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool = False,
+             progress: bool = False) -> Path:
     """Write the dataset to `out`; reuse it when it exists with the same config. Returns the folder."""
     out = Path(out)
-    stamp = out / "synth.json"
-    wanted = {"generator": "xprune-synth-1", **cfg.__dict__}
-    if stamp.is_file() and not overwrite:
+    stamp_file = out / STAMP
+    wanted = _stamp(cfg)
+    if stamp_file.is_file() and not overwrite:
         try:
-            if json.loads(stamp.read_text()) == wanted:
+            recorded = json.loads(stamp_file.read_text())
+            if {k: recorded.get(k) for k in wanted} == wanted:
                 return out
         except json.JSONDecodeError:
             pass
-    if out.exists() and any(out.iterdir()) and not stamp.is_file():
-        raise XpruneError(f"{out} exists and is not an xprune synthetic dataset; choose an empty folder")
-    staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    photographs()  # fail before writing anything when the backgrounds are missing
+    writer = DatasetWriter(out, CLASSES, "xprune synthetic shapes on photographs", STAMP, supercategory="shape")
     counts = {"train": cfg.train, "val": cfg.val, "calib": cfg.calib}
-    for split_index, split in enumerate(SPLITS):
-        rng = np.random.default_rng([cfg.seed, split_index])
-        (staging / "images" / split).mkdir(parents=True)
-        (staging / "labels" / split).mkdir(parents=True)
-        images, annotations = [], []
-        for i in range(counts[split]):
-            img, objects = _make_image(rng, cfg)
-            name = f"{split}_{i:05d}.jpg"
-            img.save(staging / "images" / split / name, quality=92)
-            image_id = i + 1
-            images.append({"id": image_id, "file_name": name, "width": cfg.image_size, "height": cfg.image_size})
-            lines = []
-            for cls, (x0, y0, x1, y1) in objects:
-                w, h = x1 - x0, y1 - y0
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
-                    "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0,
-                })
-                s = cfg.image_size
-                lines.append(f"{cls} {(x0 + w / 2) / s:.6f} {(y0 + h / 2) / s:.6f} {w / s:.6f} {h / s:.6f}")
-            (staging / "labels" / split / name.replace(".jpg", ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
-        (staging / "annotations").mkdir(exist_ok=True)
-        (staging / "annotations" / f"instances_{split}.json").write_text(json.dumps(_coco_dict(images, annotations)))
-    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
-    (staging / "data.yaml").write_text(
-        f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
-    (staging / "synth.json").write_text(json.dumps(wanted, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return out
+    stats = {}
+    try:
+        for split_index, split in enumerate(SPLITS):
+            rng = np.random.default_rng([cfg.seed, split_index])
+            records = []
+            for i in range(counts[split]):
+                img, objects = _make_image(rng, cfg)
+                records.append(ImageRecord(f"{split}_{i:05d}.jpg", img, objects))
+            coco = writer.write_split(split, records)
+            stats[split] = size_stats(coco["annotations"], len(records), cfg.image_size)
+            if progress:
+                print(f"  {split}: {len(records)} images, {stats[split]['objects']} objects", flush=True)
+        return writer.finish({**wanted, "size_stats": stats["val"], "size_stats_by_split": stats},
+                             splits=SPLITS)
+    except BaseException:
+        writer.abandon()
+        raise

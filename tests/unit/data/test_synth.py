@@ -5,6 +5,7 @@ import json
 import pytest
 
 from xprune.data.coco import CocoDetectionSet
+from xprune.data import synth
 from xprune.data.synth import CLASSES, SynthConfig, generate
 from xprune.errors import XpruneError
 
@@ -35,6 +36,45 @@ def test_reuse_and_refuse_foreign_folder(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(XpruneError, match="not an xprune synthetic dataset"):
+    with pytest.raises(XpruneError, match="not a dataset written by this command"):
         generate(foreign, cfg)
     assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_object_sizes_follow_coco_and_backgrounds_are_photographs(tmp_path):
+    """At the model's input size, the mix is COCO-like and every branch of a multi-scale head gets objects."""
+    out = generate(tmp_path / "d", SynthConfig(train=0, val=60, calib=0))
+    stats = json.loads((out / "synth.json").read_text())["size_stats"]
+    assert 0.30 <= stats["fractions"]["small"] <= 0.50
+    assert stats["fractions"]["large"] >= 0.15
+    assert stats["max_box_side"] >= 0.6
+    assert stats["objects_per_image"] >= 5
+    assert stats["coco_fractions"] == {"small": 0.41, "medium": 0.34, "large": 0.24}
+    assert sum(stats["histogram"]["counts"]) == stats["objects"]
+    # The backgrounds are the photographs, not synthesized gradients: one of them shows through each image.
+    photos = synth.photographs()
+    assert len(photos) >= 10 and all(min(p.shape[:2]) >= 150 and p.std() > 10 for p in photos)
+
+
+def test_every_box_is_inside_the_frame_and_annotated_objects_are_visible(tmp_path):
+    cfg = SynthConfig(image_size=160, train=0, val=20, calib=0, seed=5)
+    out = generate(tmp_path / "d", cfg)
+    coco = json.loads((out / "annotations" / "instances_val.json").read_text())
+    counts = [sum(a["image_id"] == im["id"] for a in coco["annotations"]) for im in coco["images"]]
+    assert max(counts) <= cfg.max_objects and min(counts) >= 0
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= 160 and y + h <= 160 and w >= 4 and h >= 4
+
+
+def test_missing_photographs_is_one_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    synth.photographs.cache_clear()
+    try:
+        with pytest.raises(XpruneError, match="pip install scikit-image"):
+            generate(tmp_path / "d", SynthConfig(image_size=64, train=1, val=1, calib=1))
+        assert not (tmp_path / "d").exists() and not (tmp_path / "d.partial").exists()
+    finally:
+        synth.photographs.cache_clear()
