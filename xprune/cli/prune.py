@@ -1,7 +1,8 @@
-"""Commands of the scoring and pruning stages: models, data synth, score, prune, evaluate."""
+"""Commands of the scoring and pruning stages: models, data synth and trees, score, prune, evaluate."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,8 +19,17 @@ def cmd_models(args) -> None:
 def cmd_data_synth(args) -> None:
     from xprune.data.synth import SynthConfig, generate
     cfg = SynthConfig(image_size=args.image_size, train=args.train, val=args.val, calib=args.calib, seed=args.seed)
-    out = generate(args.out, cfg, overwrite=args.overwrite)
-    print(f"synthetic dataset: {out} (train {cfg.train}, val {cfg.val}, calib {cfg.calib} images)")
+    out = generate(args.out, cfg, overwrite=args.overwrite, progress=True)
+    stats = json.loads((out / "synth.json").read_text())["size_stats"]
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in stats["fractions"].items())
+    print(f"synthetic dataset: {out} (train {cfg.train}, val {cfg.val}, calib {cfg.calib} images); "
+          f"val objects {mix}, {stats['objects_per_image']:.1f} per image")
+
+
+def cmd_data_trees(args) -> None:
+    from xprune.data.trees import TreesConfig, build_trees
+    cfg = TreesConfig(tile=args.tile, overlap=args.overlap, calib=args.calib)
+    print(build_trees(args.out, cfg, wheel=args.wheel, overwrite=args.overwrite).summary())
 
 
 def cmd_score(args) -> None:
@@ -92,13 +102,24 @@ def add_parsers(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     s = dsub.add_parser("synth", help="write the deterministic synthetic COCO-format dataset")
     s.add_argument("--out", required=True)
-    s.add_argument("--train", type=positive_int, default=1200)
-    s.add_argument("--val", type=positive_int, default=200)
-    s.add_argument("--calib", type=positive_int, default=64)
-    s.add_argument("--image-size", type=positive_int, default=320)
-    s.add_argument("--seed", type=int, default=0)
+    from xprune.data.synth import SynthConfig
+    defaults = SynthConfig()
+    s.add_argument("--train", type=positive_int, default=defaults.train)
+    s.add_argument("--val", type=positive_int, default=defaults.val)
+    s.add_argument("--calib", type=positive_int, default=defaults.calib)
+    s.add_argument("--image-size", type=positive_int, default=defaults.image_size)
+    s.add_argument("--seed", type=int, default=defaults.seed)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_data_synth)
+    s = dsub.add_parser("trees", help="write a COCO-format tree-crown dataset from deepforest's NEON sample images")
+    s.add_argument("--out", required=True)
+    s.add_argument("--tile", type=positive_int, default=320, help="tile size in pixels (the model's input size)")
+    s.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour, in [0, 0.9]")
+    s.add_argument("--calib", type=positive_int, default=64, help="train tiles copied into the 'calib' split")
+    s.add_argument("--wheel", default=None, help="a downloaded deepforest wheel to read the sample files from "
+                                                 "(default: an installed deepforest, else pip download into the cache)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_data_trees)
 
     p = sub.add_parser("score", help="score every conv layer and write scores.json")
     model_args(p)

@@ -58,7 +58,8 @@ class DatasetWriter:
         (self.staging / "images" / split).mkdir(parents=True, exist_ok=True)
         (self.staging / "labels" / split).mkdir(parents=True, exist_ok=True)
         (self.staging / "annotations").mkdir(exist_ok=True)
-        images, annotations = [], []
+        images: list[dict] = []
+        annotations: list[dict] = []
         for image_id, rec in enumerate(records, start=1):
             w_img, h_img = rec.image.size
             rec.image.convert("RGB").save(self.staging / "images" / split / rec.name, quality=quality)

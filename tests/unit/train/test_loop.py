@@ -1,0 +1,54 @@
+"""The training loop: it learns, it checkpoints every epoch, and an interrupted run resumes to the same weights."""
+
+import pytest
+import torch
+
+from xprune.data.coco import CocoDetectionSet
+from xprune.errors import XpruneError
+from xprune.models import build_detector
+from xprune.train.loop import TrainSettings, train_detector
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _detector(train):
+    return build_detector("ssdlite320-mbv3", "none", num_classes=train.num_classes, input_size=128)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path):
+    train = CocoDetectionSet.from_folder(synth_data, "train", 128, limit=6)
+    settings = TrainSettings(epochs=2, batch_size=3)
+
+    straight = _detector(train)
+    history = train_detector(straight, train, settings, tmp_path / "a.pt", log=lambda line: None)
+    assert [h["epoch"] for h in history] == [1, 2]
+
+    def stop_after_first_epoch(line):
+        if line.startswith("epoch 1/"):
+            raise Interrupted
+
+    resumed = _detector(train)
+    with pytest.raises(Interrupted):
+        train_detector(resumed, train, settings, tmp_path / "b.pt", log=stop_after_first_epoch)
+    fresh = _detector(train)  # a new process: only the state file carries over
+    lines = []
+    history = train_detector(fresh, train, settings, tmp_path / "b.pt", log=lines.append)
+    assert lines[0].startswith("resuming after epoch 1/2")
+    assert [h["epoch"] for h in history] == [1, 2]
+    for (name, a), b in zip(straight.model.state_dict().items(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_state_from_other_settings_and_bad_epochs_are_refused(synth_data, tmp_path):
+    train = CocoDetectionSet.from_folder(synth_data, "train", 128, limit=4)
+    det = _detector(train)
+    train_detector(det, train, TrainSettings(epochs=1, batch_size=4), tmp_path / "s.pt", log=lambda line: None)
+    with pytest.raises(XpruneError, match="other settings"):
+        train_detector(det, train, TrainSettings(epochs=3, batch_size=4), tmp_path / "s.pt", log=lambda line: None)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(XpruneError, match="cannot resume"):
+        train_detector(det, train, TrainSettings(epochs=1, batch_size=4), tmp_path / "bad.pt", log=lambda line: None)
+    with pytest.raises(XpruneError, match="epochs must be positive"):
+        train_detector(det, train, TrainSettings(epochs=0), tmp_path / "z.pt")

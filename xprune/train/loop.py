@@ -1,0 +1,110 @@
+"""A plain PyTorch training loop over `Detector.train_step_loss` (the torchvision families' own loss dicts, summed),
+with a state file written every epoch: rerunning with the same state file resumes after the last finished epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from xprune.data.coco import CocoDetectionSet
+from xprune.data.transforms import collate_targets
+from xprune.errors import XpruneError
+from xprune.files import atomic_path
+from xprune.models.detector import Detector
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1  # of all steps, for the one-cycle schedule
+    clip_norm: float = 10.0
+    seed: int = 0
+
+
+def _save_state(path: Path, **state) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettings, state_path: str | Path,
+                   log: Log = print, after_step: Callable[[], None] | None = None) -> list[dict]:
+    """Train `det` in place; return one record per epoch (loss, seconds). `after_step` runs after every optimizer
+    step (fine-tuning uses it to keep pruned weights at zero). The state file holds model, optimizer, schedule and
+    random state after each finished epoch; when it exists, training continues from it."""
+    if settings.epochs <= 0:
+        raise XpruneError(f"epochs must be positive, got {settings.epochs}")
+    state_path = Path(state_path)
+    torch.manual_seed(settings.seed)
+    params = [p for p in det.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
+                                                pct_start=settings.warmup_fraction)
+    generator = torch.Generator().manual_seed(settings.seed)
+    history: list[dict] = []
+    if state_path.is_file():
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+            recorded = (state["settings"], state["images"])
+        except Exception as e:  # pickle, zip and EOF errors all mean the same here
+            raise XpruneError(f"cannot resume from {state_path} ({type(e).__name__}); delete it to start over") from None
+        if recorded != (asdict(settings), len(train)):
+            raise XpruneError(f"{state_path} was written by a run with other settings; delete it to start over")
+        det.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        log(f"resuming after epoch {len(history)}/{settings.epochs} from {state_path}")
+    for epoch in range(len(history), settings.epochs):
+        det.model.train()
+        order = torch.randperm(len(train), generator=generator).tolist()
+        total, t0 = 0.0, time.perf_counter()
+        for step in range(steps_per_epoch):
+            idx = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+            x, targets = collate_targets([train.sample(i, augment=True, generator=generator) for i in idx])
+            loss = det.train_step_loss(x, targets)
+            if not torch.isfinite(loss):
+                raise XpruneError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {float(loss)})")
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            total += float(loss)
+        record = {"epoch": epoch + 1, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - t0}
+        history.append(record)
+        _save_state(state_path, settings=asdict(settings), images=len(train), model=det.model.state_dict(),
+                    optimizer=opt.state_dict(), schedule=sched.state_dict(), generator=generator.get_state(),
+                    torch_rng=torch.get_rng_state(), history=history)
+        log(f"epoch {epoch + 1}/{settings.epochs} loss {record['loss']:.4f} time {record['seconds']:.0f}s")
+    det.model.eval()
+    return history
+
+
+def seconds_per_step(det: Detector, train: CocoDetectionSet, batch_size: int, steps: int = 2) -> float:
+    """Time a few training steps (forward and backward, no update) to estimate how long training will take."""
+    det.model.train()
+    generator = torch.Generator().manual_seed(0)
+    x, targets = collate_targets([train.sample(i % len(train), augment=True, generator=generator)
+                                  for i in range(batch_size)])
+    det.train_step_loss(x, targets).backward()  # the first step pays one-time costs
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        det.train_step_loss(x, targets).backward()
+    det.model.zero_grad(set_to_none=True)
+    det.model.eval()
+    return (time.perf_counter() - t0) / steps

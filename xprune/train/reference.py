@@ -1,0 +1,121 @@
+"""Reference models: each family trained from scratch on a dataset folder, on whatever machine runs it, with the
+command, the machine, the per-epoch log and the val mAP (re-measured from the saved fp16 file) recorded beside the
+checkpoint. Checkpoints over `COMMIT_LIMIT` go to the user's cache folder; only their JSON, log and SHA-256 are kept
+in the package. Interrupted runs resume from the cache."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from xprune.data.coco import CocoDetectionSet
+from xprune.errors import XpruneError
+from xprune.files import atomic_path, file_sha256
+from xprune.models import build_detector, load_checkpoint, save_checkpoint
+from xprune.reference import HERE as REFERENCE_DIR
+from xprune.reference import cache_dir
+from xprune.train.loop import TrainSettings, seconds_per_step, train_detector
+
+Log = Callable[[str], None]
+
+COMMIT_LIMIT = 10 * 1024 * 1024  # bytes: bigger checkpoints stay in the cache, not in git
+YOLO_FAMILIES = ("yolov8n",)
+TORCHVISION_FAMILIES = ("ssdlite320-mbv3", "ssd-mobilenetv2", "ssd-shufflenetv2", "ssd-resnet50",
+                        "retinanet-r50-fpn", "fasterrcnn-r50-fpn")
+FAMILIES = YOLO_FAMILIES + TORCHVISION_FAMILIES
+DEFAULT_EPOCHS = {"yolov8n": 30}
+TORCHVISION_EPOCHS = 30
+STAMPS = ("synth.json", "trees.json")  # the files that say which generator wrote a dataset folder
+
+
+def dataset_stamp(data: Path) -> tuple[str, dict]:
+    """(dataset tag, stamp dict) of a folder written by `xprune data synth` or `xprune data trees`."""
+    for name in STAMPS:
+        if (data / name).is_file():
+            return name.removesuffix(".json"), json.loads((data / name).read_text())
+    raise XpruneError(f"{data} was not written by `xprune data synth` or `xprune data trees` (no {' or '.join(STAMPS)})")
+
+
+def default_epochs(model: str) -> int:
+    return DEFAULT_EPOCHS.get(model, TORCHVISION_EPOCHS)
+
+
+def estimate_seconds(model: str, data: Path, epochs: int, size: int = 320, train_images: int | None = None) -> float:
+    """Training time on this machine: a few timed steps, times the steps of the whole run (an estimate: data loading,
+    augmentation and validation come on top for YOLO)."""
+    train = CocoDetectionSet.from_folder(data, "train", size, limit=train_images)
+    batch = 32 if model in YOLO_FAMILIES else TrainSettings(epochs).batch_size
+    det = build_detector(model, "none", num_classes=train.num_classes, input_size=size)
+    steps = -(-len(train) // batch) * epochs
+    return seconds_per_step(det, train, batch) * steps
+
+
+def _stamp_summary(tag: str, stamp: dict) -> dict:
+    return {k: v for k, v in stamp.items() if not k.startswith("size_stats")}
+
+
+def train_reference(model: str, data: Path, epochs: int | None = None, size: int = 320,
+                    train_images: int | None = None, log: Log = print) -> dict:
+    """Train `model` on `data` (resuming an interrupted run), save the reference and return its metrics dict."""
+    from xprune.evaluate.coco_map import evaluate_map
+
+    if model not in FAMILIES:
+        raise XpruneError(f"no reference training for '{model}'; choose one of: {', '.join(FAMILIES)}")
+    tag, stamp = dataset_stamp(data)
+    epochs = epochs or default_epochs(model)
+    name = f"{model}-{tag}"
+    work = cache_dir() / "train" / name
+    work.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()  # read before training: Ultralytics changes it
+    log_path = REFERENCE_DIR / f"{name}.log"
+    t0 = time.time()
+    if model in YOLO_FAMILIES:
+        from xprune.train.yolo import train_yolo
+        best, results_csv = train_yolo(model, data, epochs, size, work / "run", train_images=train_images)
+        shutil.copy(results_csv, log_path.with_suffix(".csv"))
+        trained = load_checkpoint(best, model, size)
+        torch.set_num_threads(threads)
+    else:
+        train = CocoDetectionSet.from_folder(data, "train", size, limit=train_images)
+        trained = build_detector(model, "none", num_classes=train.num_classes, input_size=size)
+        lines: list[str] = []
+
+        def log_epoch(line: str) -> None:
+            log(line)
+            lines.append(line)
+            with atomic_path(log_path) as tmp:
+                tmp.write_text("\n".join(lines) + "\n")
+
+        train_detector(trained, train, TrainSettings(epochs), work / "state.pt", log=log_epoch)
+    train_seconds = time.time() - t0
+
+    val = CocoDetectionSet.from_folder(data, "val", size)
+    trained.category_ids = val.category_ids
+    meta = {"dataset": tag, "dataset_stamp": _stamp_summary(tag, stamp), "epochs": epochs,
+            "train_images": train_images, "input_size": size, "train_seconds_last_run": round(train_seconds, 1),
+            "machine": platform.processor() or platform.machine(), "threads": threads,
+            "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))}
+    staged = work / f"{name}.pt"
+    save_checkpoint(trained, staged, meta=meta, half=True)
+    size_bytes = staged.stat().st_size
+    stored = "package" if size_bytes <= COMMIT_LIMIT else "cache"
+    target = (REFERENCE_DIR if stored == "package" else cache_dir() / "reference") / f"{name}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(staged, target)
+    # The metrics describe the saved fp16 file, so they are measured from it.
+    det = load_checkpoint(target, model, size)
+    metrics = evaluate_map(det, val)
+    info = {"model": model, "checkpoint": target.name, "stored": stored, "sha256": file_sha256(target),
+            "bytes": size_bytes, "val_map": metrics["map"], "val_map50": metrics["map50"], "val_images": len(val),
+            "log": log_path.name if log_path.is_file() else log_path.with_suffix(".csv").name, **meta}
+    with atomic_path(REFERENCE_DIR / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+    log(f"{name}: mAP@[.50:.95] {metrics['map']:.4f}  mAP@.50 {metrics['map50']:.4f}  -> {target} ({stored})")
+    return info
