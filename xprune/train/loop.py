@@ -84,7 +84,7 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
             sched.step()
             if after_step is not None:
                 after_step()
-            total += float(loss)
+            total += float(loss.detach())
         record = {"epoch": epoch + 1, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - t0}
         history.append(record)
         _save_state(state_path, settings=asdict(settings), images=len(train), model=det.model.state_dict(),

@@ -9,7 +9,6 @@ import json
 import platform
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -75,11 +74,11 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
     work.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()  # read before training: Ultralytics changes it
     log_path = REFERENCE_DIR / f"{name}.log"
-    t0 = time.time()
     if model in YOLO_FAMILIES:
         from xprune.train.yolo import train_yolo
         best, results_csv = train_yolo(model, data, epochs, size, work / "run", train_images=train_images)
         shutil.copy(results_csv, log_path.with_suffix(".csv"))
+        train_seconds = float(results_csv.read_text().strip().splitlines()[-1].split(",")[1])  # cumulative time
         trained = load_checkpoint(best, model, size)
         torch.set_num_threads(threads)
     else:
@@ -93,13 +92,13 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
             with atomic_path(log_path) as tmp:
                 tmp.write_text("\n".join(lines) + "\n")
 
-        train_detector(trained, train, TrainSettings(epochs), work / "state.pt", log=log_epoch)
-    train_seconds = time.time() - t0
+        history = train_detector(trained, train, TrainSettings(epochs), work / "state.pt", log=log_epoch)
+        train_seconds = sum(h["seconds"] for h in history)  # over every run that contributed epochs
 
     val = CocoDetectionSet.from_folder(data, "val", size)
     trained.category_ids = val.category_ids
     meta = {"dataset": tag, "dataset_stamp": _stamp_summary(tag, stamp), "epochs": epochs,
-            "train_images": train_images, "input_size": size, "train_seconds_last_run": round(train_seconds, 1),
+            "train_images": train_images, "input_size": size, "train_seconds": round(train_seconds, 1),
             "machine": platform.processor() or platform.machine(), "threads": threads,
             "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))}
     staged = work / f"{name}.pt"

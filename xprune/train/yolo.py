@@ -8,7 +8,7 @@ from pathlib import Path
 from xprune.errors import XpruneError
 from xprune.models.yolo import quiet_ultralytics_env
 
-DONE = "done"  # marker beside the weights: the run finished, a rerun starts over instead of resuming
+DONE = "done"  # marker beside the weights: the run finished; a rerun reuses it instead of resuming
 
 
 def train_yolo(model: str, data: Path, epochs: int, size: int, work: Path, batch: int = 32,
@@ -22,8 +22,11 @@ def train_yolo(model: str, data: Path, epochs: int, size: int, work: Path, batch
         raise XpruneError(f"{data} has no data.yaml (the Ultralytics trainer needs one)")
     if train_images is not None:
         raise XpruneError("--train-images is not supported for YOLO families (Ultralytics reads the whole split)")
-    last = work / "weights" / "last.pt"
-    if last.is_file() and not (work / "weights" / DONE).is_file():
+    last, best = work / "weights" / "last.pt", work / "weights" / "best.pt"
+    if (work / "weights" / DONE).is_file() and best.is_file():
+        print(f"using the finished run in {work} (delete it to train again)", flush=True)
+        return best, work / "results.csv"
+    if last.is_file():
         print(f"resuming from {last}", flush=True)
         YOLO(str(last)).train(resume=True)
     else:
@@ -34,4 +37,4 @@ def train_yolo(model: str, data: Path, epochs: int, size: int, work: Path, batch
             project=str(work.parent), name=work.name, exist_ok=True, plots=False, amp=False, pretrained=False,
             seed=0, deterministic=True, close_mosaic=max(2, epochs // 4), val=True, verbose=True)
     (work / "weights" / DONE).write_text("finished\n")
-    return work / "weights" / "best.pt", work / "results.csv"
+    return best, work / "results.csv"
