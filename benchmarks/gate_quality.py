@@ -1,36 +1,53 @@
-"""How good is the latency gate on this machine? False alarms on A/A runs, detection of a known ~10 % slowdown.
+"""How good is the CI gate on this machine? False alarms on A/A runs, detection of known +5 % and +10 % slowdowns,
+for every way of comparing, with every run a separate process; and the accuracy gate on real pruned models.
 
-    python benchmarks/gate_quality.py                 # 100 repetitions x 4 runs of 30 samples, ~6 min on 2 cores
-    python benchmarks/gate_quality.py --quick         # smoke run (4 x 15 samples), ~20 s, writes *.quick.json/md
+    python benchmarks/gate_quality.py                 # 80 repetitions x 4 processes of 30 samples (see below)
+    python benchmarks/gate_quality.py --quick         # smoke run (8 repetitions, a small accuracy part)
     python benchmarks/gate_quality.py --report-only   # re-render the .md from the .json
 
-Two plain conv nets are built in-process (`xprune.bench.drift.conv_net`): A (a stem and 10 equal 3x3 convs at
-48x48) and B = A plus one more equal conv, +9.9 % MACs, the "injected slowdown". Each repetition makes four
-separate measurement runs in shuffled order, each with fresh ONNX Runtime sessions (spinning off), its own
-warm-up (10 runs and 0.5 s) and the reference workload timed after every model sample, as a CI job would record
-them:
+Three plain conv nets (`xprune.bench.drift.conv_net`, written as ONNX files): A (a stem and 20 equal 3x3 convs
+at 48x48), B5 = A plus one more equal conv (+5.0 % MACs) and B10 = A plus two (+10.0 %): the injected slowdowns.
+Each repetition starts four `xprune bench` processes in shuffled order, exactly as CI jobs would run them (a
+fresh interpreter, fresh ONNX Runtime sessions, the command's own warm-up, `--reference-workload`):
 
-    A "baseline", A "current", B "current"     -> results documents, one row each, with the same row key
-    A and B interleaved in one process          -> the true B/A slowdown, paired per round
+    A, B5, B10 each alone                         -> one results file each (a "separate run")
+    A, a copy of A, B5, B10 with --interleave     -> one file; its A/B ratios are the true slowdowns
 
-Pairs are formed as a gate would see them, the baseline recorded earlier than the current: baseline of
-repetition i against current of repetition (i + lag) mod N (lag N/2 by default, minutes apart). A/A pairs give the
-false-alarm rate, A/B pairs the detection rate; every pair is judged by `xprune.bench.gate.gate` in absolute and in
-relative (model / reference) mode, and the alternative decision rules discussed in docs/ci-gate.md are scored on
-the same pairs. Everything - raw samples of every run, the environment, rates with counts and Wilson 95 % intervals
-- goes to benchmarks/results/gate_quality.json (atomically), and gate_quality.md is rendered from that JSON.
+and the gate is scored three ways:
+
+- one pair of separate runs (`xprune gate --baseline a.json --current b.json`): the A run of repetition i
+  against the A, B5 and B10 runs of repetition i + lag (lag N/2: the baseline recorded well before);
+- history mode (`xprune gate --history DIR --current b.json`): the A runs of the W repetitions before i as the
+  history, against repetition i's A, B5 and B10 runs (W = each of --windows);
+- one interleaved run (`xprune gate --interleaved`): A against its copy, B5 and B10 in the same process.
+
+every comparison in absolute and relative (model / reference workload) mode. False alarms = A/A comparisons
+that fail; detection = A/B5 and A/B10 comparisons that fail; with counts and Wilson 95 % intervals.
+
+The accuracy part evaluates the reference YOLOv8n (trained by this project) on synthetic validation images it
+was not trained on, unchanged (re-evaluated in PyTorch, and exported to ONNX and evaluated in ONNX Runtime)
+and pruned by L1 and attr at several rates (the committed scores of the study), and runs the accuracy gate
+(`--max-map-drop 0.01`, paired bootstrap over images) on all images and on random subsets of them.
+
+Everything - every results document, the environment, every comparison, the rates - goes to
+benchmarks/results/gate_quality.json (atomically), and gate_quality.md is rendered from that JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import datetime as _dt
+import json
 import math
+import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +55,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xprune.bench.drift import REFERENCE_SUFFIX, ReferenceWorkload, conv_net, measure_interleaved  # noqa: E402
+from xprune.bench.drift import conv_net  # noqa: E402
 from xprune.bench.environment import environment  # noqa: E402
-from xprune.bench.gate import CONTENDED_SPREAD, gate, spread, wilson_interval  # noqa: E402
-from xprune.bench.latency import LatencyProtocol, summarize  # noqa: E402
-from xprune.bench.results import new_results, validate  # noqa: E402
+from xprune.bench.gate import CONTENDED_SPREAD, gate, history_gate, spread, wilson_interval  # noqa: E402
+from xprune.bench.results import read_results  # noqa: E402
+from xprune.errors import XpruneError  # noqa: E402
 from xprune.files import read_json, write_with  # noqa: E402
-from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner  # noqa: E402
 
-FORMAT = "xprune-gate-quality-1"
+FORMAT = "xprune-gate-quality-2"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-NET = dict(in_channels=3, channels=48, size=48, depth=10, seed=1)
+NET = dict(in_channels=3, channels=34, size=48, depth=20, seed=1)
+VARIANTS = {"A": 0, "B5": 1, "B10": 2}  # extra layers over A
+KINDS = {"A/A": "A", "+5%": "B5", "+10%": "B10"}  # comparison kind -> current model (the baseline is always A)
 MAX_REGRESSION, CONFIDENCE, RESAMPLES = 0.05, 0.95, 2000
+MAX_MAP_DROP = 0.01
 # The rule gate() applies, and the alternatives docs/ci-gate.md argues against, scored on the same pairs.
 RULES = {
     "ratio > 1+m and ci_low > 1 (gate)": lambda r, lo, m: r > 1 + m and lo > 1,
@@ -58,50 +77,76 @@ RULES = {
     "ci_low > 1+m (confidently beyond tolerance)": lambda r, lo, m: lo > 1 + m,
 }
 MODES = {"absolute": False, "relative": True}
+# One bench process: the CLI entry point in a fresh interpreter (no console script needed).
+CLI = "import sys; from xprune.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def _r(samples: list[float]) -> list[float]:
-    return [round(v, 5) for v in samples]  # 10 ns: below the timer's meaning, keeps the JSON small
+# --- measuring -------------------------------------------------------------------------------------------------
+
+def bench_process(targets: list[Path], out: Path, args, interleave: bool = False) -> dict:
+    """One `xprune bench` in its own process; returns its results document."""
+    cmd = [sys.executable, "-c", CLI, "bench", *map(str, targets), "--reference-workload", "--threads",
+           str(args.threads), "--runs", str(args.samples), "--warmup-runs", "10", "--min-seconds", "0",
+           "--out", str(out), *(["--interleave"] if interleave else [])]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_VERBOSE": "False"}
+    proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise XpruneError(f"`xprune bench` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return read_results(out)
 
 
-def _row(name: str, macs: int, shape, samples, ref_samples, threads: int) -> dict:
-    # A and B share every ROW_KEY field: B is "the same model after a regression"
-    return {"model": "gate-quality-convnet", "variant": None, "method": None, "rate": None, "engine": "onnxruntime",
-            "device": "cpu", "precision": "fp32", "input_shape": list(shape), "threads": threads,
-            "true_model": name, "macs": macs, "samples_ms": _r(samples), "reference_samples_ms": _r(ref_samples),
-            **{k: v for k, v in summarize(samples).items() if k != "n"}}
+def write_models(work: Path) -> tuple[dict[str, Path], dict[str, int]]:
+    paths, macs = {}, {}
+    for name, extra in VARIANTS.items():
+        model, macs[name], _ = conv_net(**NET, extra_layers=extra)
+        paths[name] = work / f"{name}.onnx"
+        paths[name].write_bytes(model)
+    paths["A2"] = work / "A2.onnx"  # the same bytes: the interleaved A/A control
+    shutil.copy(paths["A"], paths["A2"])
+    return paths, macs
 
 
-def measure_run(name: str, model: bytes, macs: int, shape, x, protocol: LatencyProtocol, threads: int,
-                ref_desc: dict) -> dict:
-    """One separate measurement run: fresh sessions, warm-up, samples with a paired reference sample each."""
-    with OnnxRuntimeRunner(model, threads=threads, spinning=False) as runner, ReferenceWorkload(threads) as ref:
-        out = measure_interleaved({"model": lambda: runner.infer(x)}, protocol, reference=ref.run)
-    env = {"timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "see": "the environment at the top of gate_quality.json"}
-    doc = new_results([_row(name, macs, shape, out["model"], out["model" + REFERENCE_SUFFIX], threads)], env,
-                      protocol={**protocol.__dict__, "interleave": False, "reference_workload": ref_desc,
-                                "ort_threads": threads, "spinning": False},
-                      command=f"gate_quality {name} run")
-    validate(doc, f"{name} run")
-    return doc
+def measure(args, work: Path, log) -> tuple[list[dict], dict[str, int]]:
+    paths, macs = write_models(work)
+    runs_dir = work / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    # One unrecorded process first, so the first recorded one does not pay for a cold page cache alone.
+    bench_process([paths["A"]], runs_dir / "warm.json", args)
+    shuffle = random.Random(args.seed)
+    reps, t0 = [], time.perf_counter()
+    for i in range(args.runs):
+        order = [*VARIANTS, "interleaved"]
+        shuffle.shuffle(order)
+        rep: dict = {"order": order, "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        for what in order:
+            if what == "interleaved":
+                rep[what] = bench_process([paths[k] for k in ("A", "A2", "B5", "B10")], runs_dir / f"{i}-il.json",
+                                          args, interleave=True)
+            else:
+                rep[what] = bench_process([paths[what]], runs_dir / f"{i}-{what}.json", args)
+        reps.append(rep)
+        elapsed = time.perf_counter() - t0
+        il = rep["interleaved"]["rows"]
+        log(f"[{i + 1}/{args.runs}] A {rep['A']['rows'][0]['median_ms']:.3f} ms, B10 "
+            f"{rep['B10']['rows'][0]['median_ms']:.3f} ms, interleaved B10/A {_paired(il[0], il[3]):.4f}  "
+            f"({elapsed:.0f} s, ~{elapsed / (i + 1) * (args.runs - i - 1):.0f} s left)")
+    return reps, macs
 
 
-def measure_pair(models: dict, x, protocol: LatencyProtocol, threads: int) -> dict:
-    """A and B interleaved in one process, reference after each: the best estimate of the true slowdown."""
-    with OnnxRuntimeRunner(models["A"], threads=threads) as a, OnnxRuntimeRunner(models["A"], threads=threads) as a2, \
-            OnnxRuntimeRunner(models["B"], threads=threads) as b, ReferenceWorkload(threads) as ref:
-        # A2 is a second session of A: the A/A control of the interleaved mode
-        out = measure_interleaved({"A": lambda: a.infer(x), "A2": lambda: a2.infer(x), "B": lambda: b.infer(x)},
-                                  protocol, reference=ref.run)
-    per_round = [tb / ta for ta, tb in zip(out["A"], out["B"])]
-    rel = [(tb / rb) / (ta / ra) for ta, tb, ra, rb in zip(out["A"], out["B"], out["A" + REFERENCE_SUFFIX],
-                                                           out["B" + REFERENCE_SUFFIX])]
-    return {"samples_ms": {k: _r(v) for k, v in out.items()}, "paired_ratio_median": statistics.median(per_round),
-            "paired_relative_ratio_median": statistics.median(rel)}
+def _paired(a: dict, b: dict) -> float:
+    """Median over rounds of b/a: both timed in every round of one interleaved process."""
+    return statistics.median(tb / ta for ta, tb in zip(a["samples_ms"], b["samples_ms"]))
+
+
+# --- scoring ---------------------------------------------------------------------------------------------------
+
+def _one_row(doc: dict, index: int) -> dict:
+    return {**doc, "rows": [doc["rows"][index]]}
 
 
 def judge(baseline: dict, current: dict) -> dict:
+    """Both modes of the one-pair gate on two one-row documents."""
     out = {"contended": any(spread(d["rows"][0]["reference_samples_ms"]) > CONTENDED_SPREAD
                             for d in (baseline, current))}
     for mode, relative in MODES.items():
@@ -110,39 +155,20 @@ def judge(baseline: dict, current: dict) -> dict:
     return out
 
 
+def judge_history(history: list[dict], current: dict, window: int) -> dict:
+    out = {}
+    for mode, relative in MODES.items():
+        for tol in (MAX_REGRESSION, 0.0):
+            r = history_gate(history, current, max_regression=tol, window=window, min_history=min(window, 5),
+                             relative=relative).rows[0]
+            out[f"{mode}@{tol:g}"] = {"ratio": r.ratio, "threshold": r.threshold, "detectable": r.detectable,
+                                      "spread": r.spread, "decision": r.decision}
+    return out
+
+
 def _rate(k: int, n: int) -> dict:
     lo, hi = wilson_interval(k, n)
     return {"count": k, "n": n, "rate": k / n if n else None, "wilson95": [lo, hi]}
-
-
-def analyse(pairs: list[dict], slowdown: dict) -> dict:
-    out: dict = {"contended_pairs": {k: sum(p["contended"] for p in pairs if p["kind"] == k) for k in ("A/A", "A/B")}}
-    for mode in MODES:
-        aa = [p[mode] for p in pairs if p["kind"] == "A/A"]
-        ab = [p[mode] for p in pairs if p["kind"] == "A/B"]
-        quiet_aa = [p[mode] for p in pairs if p["kind"] == "A/A" and not p["contended"]]
-        quiet_ab = [p[mode] for p in pairs if p["kind"] == "A/B" and not p["contended"]]
-        log_aa = [math.log(p["ratio"]) for p in aa]
-        rules = {}
-        for rule, fn in RULES.items():
-            rules[rule] = {"false_alarm": _rate(sum(fn(p["ratio"], p["ci_low"], MAX_REGRESSION) for p in aa), len(aa)),
-                           "detection": _rate(sum(fn(p["ratio"], p["ci_low"], MAX_REGRESSION) for p in ab), len(ab))}
-        gate_rule = rules[next(iter(RULES))]
-        out[mode] = {
-            "false_alarm": gate_rule["false_alarm"], "detection": gate_rule["detection"],
-            # the same, leaving out pairs where either run was contended (reference p90 > 1.25x its median)
-            "false_alarm_uncontended": _rate(sum(p["decision"] == "regression" for p in quiet_aa), len(quiet_aa)),
-            "detection_uncontended": _rate(sum(p["decision"] == "regression" for p in quiet_ab), len(quiet_ab)),
-            "inconclusive_aa": sum(p["decision"] == "inconclusive" for p in aa),
-            "inconclusive_ab": sum(p["decision"] == "inconclusive" for p in ab),
-            # between-run spread of log(ratio) on A/A pairs: the noise the decision threshold has to beat
-            "aa_log_ratio_sd": statistics.stdev(log_aa) if len(log_aa) > 1 else None,
-            "aa_ratio_quantiles": _quantiles([p["ratio"] for p in aa]),
-            "ab_ratio_quantiles": _quantiles([p["ratio"] for p in ab]),
-            "rules": rules,
-        }
-    out["true_slowdown"] = slowdown
-    return out
 
 
 def _quantiles(v: list[float]) -> dict:
@@ -152,76 +178,250 @@ def _quantiles(v: list[float]) -> dict:
     return dict(zip(("min", "p5", "median", "p95", "max"), (float(x) for x in q)))
 
 
+def analyse_pairs(pairs: list[dict]) -> dict:
+    """Rates of the one-pair gate (and of the alternative rules) per mode and kind."""
+    out: dict = {"contended": {k: sum(p["contended"] for p in pairs if p["kind"] == k) for k in KINDS}}
+    for mode in MODES:
+        m: dict = {}
+        for kind in KINDS:
+            ps = [p[mode] for p in pairs if p["kind"] == kind]
+            m[kind] = {"fails": _rate(sum(p["decision"] == "regression" for p in ps), len(ps)),
+                       "inconclusive": sum(p["decision"] == "inconclusive" for p in ps),
+                       "ratio_quantiles": _quantiles([p["ratio"] for p in ps]),
+                       "rules": {rule: _rate(sum(fn(p["ratio"], p["ci_low"], MAX_REGRESSION) for p in ps), len(ps))
+                                 for rule, fn in RULES.items()}}
+        log_aa = [math.log(p[mode]["ratio"]) for p in pairs if p["kind"] == "A/A"]
+        m["aa_log_ratio_sd"] = statistics.stdev(log_aa) if len(log_aa) > 1 else None
+        out[mode] = m
+    return out
+
+
+def analyse_history(trials: list[dict]) -> dict:
+    out: dict = {}
+    for setting in trials[0]["judged"] if trials else []:
+        s: dict = {}
+        for kind in KINDS:
+            ts = [t["judged"][setting] for t in trials if t["kind"] == kind]
+            s[kind] = {"fails": _rate(sum(t["decision"] == "regression" for t in ts), len(ts)),
+                       "ratio_quantiles": _quantiles([t["ratio"] for t in ts])}
+        aa = [t["judged"][setting] for t in trials if t["kind"] == "A/A"]
+        s["threshold_median"] = statistics.median(t["threshold"] for t in aa) if aa else None
+        s["detectable_median"] = statistics.median(t["detectable"] for t in aa) if aa else None
+        s["spread_median"] = statistics.median(t["spread"] for t in aa) if aa else None
+        out[setting] = s
+    return out
+
+
+def score_latency(reps: list[dict], args) -> dict:
+    n = len(reps)
+    lag = (n // 2 if args.lag is None else args.lag) % n
+    separate = []
+    for i in range(n):
+        j = (i + lag) % n
+        for kind, cur in KINDS.items():
+            separate.append({"kind": kind, "baseline_rep": i, "current_rep": j, **judge(reps[i]["A"], reps[j][cur])})
+    history = {}
+    for w in args.windows:
+        trials = []
+        for i in range(w, n):
+            hist = [reps[k]["A"] for k in range(i - w, i)]
+            for kind, cur in KINDS.items():
+                trials.append({"kind": kind, "current_rep": i, "judged": judge_history(hist, reps[i][cur], w)})
+        history[str(w)] = {"trials": trials, "analysis": analyse_history(trials)}
+    interleaved = []
+    for i, rep in enumerate(reps):
+        doc = rep["interleaved"]
+        base = _one_row(doc, 0)
+        for kind, index in (("A/A", 1), ("+5%", 2), ("+10%", 3)):
+            interleaved.append({"kind": kind, "baseline_rep": i, "current_rep": i, **judge(base, _one_row(doc, index))})
+    slow = {}
+    for name, index in (("B5", 2), ("B10", 3)):
+        inter = [_paired(r["interleaved"]["rows"][0], r["interleaved"]["rows"][index]) for r in reps]
+        sep = [r[name]["rows"][0]["median_ms"] / r["A"]["rows"][0]["median_ms"] for r in reps]
+        slow[name] = {"interleaved_paired_median": statistics.median(inter),
+                      "interleaved_p5": float(np.quantile(inter, 0.05)),
+                      "interleaved_p95": float(np.quantile(inter, 0.95)),
+                      "separate_runs_median": statistics.median(sep)}
+    return {"lag": lag, "separate": {"pairs": separate, "analysis": analyse_pairs(separate)},
+            "history": history, "interleaved": {"pairs": interleaved, "analysis": analyse_pairs(interleaved)},
+            "true_slowdown": slow}
+
+
+# --- the accuracy gate on real models ----------------------------------------------------------------------------
+
+def measure_accuracy(args, work: Path, log) -> dict:
+    """Per-image evaluations of the reference YOLOv8n, unchanged and pruned, and the accuracy gate on all images
+    and on random subsets of them."""
+    import torch
+
+    from xprune.bench.gate import judge_accuracy
+    from xprune.bench.run import open_target
+    from xprune.data.coco import CocoDetectionSet
+    from xprune.data.synth import SynthConfig, generate
+    from xprune.evaluate.coco_map import evaluate_map, evaluate_predictions
+    from xprune.export.onnx_export import export_onnx
+    from xprune.importance.scores import read_scores
+    from xprune.models import build_detector
+    from xprune.prune.plan import apply_plan, plan_pruning
+    from xprune.reference import reference_models
+
+    torch.set_num_threads(args.threads)
+    ref = reference_models()["yolov8n"]
+    data = generate(work / "data", SynthConfig(image_size=ref["input_size"], train=1, val=args.accuracy_images,
+                                               calib=1, seed=args.accuracy_seed))
+    val = CocoDetectionSet.from_folder(data, "val", ref["input_size"])
+    variants: dict[str, dict] = {}
+
+    def evaluate(name: str, det) -> None:
+        t = time.perf_counter()
+        m = evaluate_map(det, val, batch_size=8, per_image=True)
+        variants[name] = {"map": m["map"], "matches": m["matches"]}
+        log(f"accuracy: {name}: mAP {m['map']:.4f} ({time.perf_counter() - t:.0f} s)")
+
+    base = build_detector("yolov8n", ref["path"])
+    evaluate("baseline", base)
+    evaluate("unchanged, evaluated again", build_detector("yolov8n", ref["path"]))
+    onnx_path = work / "yolov8n-ref.onnx"
+    export_onnx(base, onnx_path)
+    target = open_target(onnx_path, threads=args.threads)
+    with target.runner:
+        m = evaluate_predictions(target.runner.predict, val, target.info.get("category_ids"), batch_size=1,
+                                 per_image=True)
+    variants["unchanged, exported to ONNX Runtime"] = {"map": m["map"], "matches": m["matches"]}
+    log(f"accuracy: ONNX export: mAP {m['map']:.4f}")
+    for method in ("l1", "attr"):
+        scores = read_scores(RESULTS_DIR / "study" / "scores" / f"yolov8n-{method}.json")
+        for rate in args.prune_rates:
+            det = build_detector("yolov8n", ref["path"])
+            plan = plan_pruning(det, scores, rate, "safe")
+            apply_plan(det, plan)
+            evaluate(f"{method} {100 * rate:g}% ({len(plan.selected)} layers)", det)
+
+    rng = np.random.default_rng(args.seed)
+    n = len(val.image_ids)
+    subsets = [sorted(rng.choice(n, size=min(args.subset_images, n), replace=False).tolist())
+               for _ in range(args.accuracy_subsets)]
+    base_m = variants["baseline"]["matches"]
+    out = {"images": n, "subset_images": min(args.subset_images, n), "subsets": len(subsets),
+           "max_map_drop": MAX_MAP_DROP, "resamples": args.map_resamples, "subset_resamples": args.subset_resamples,
+           "variants": {}}
+    row = lambda m: {"map": m.map(), "map_matches": m.to_json()}  # noqa: E731  (what bench records)
+    for name, v in variants.items():
+        if name == "baseline":
+            continue
+        t = time.perf_counter()
+        full = judge_accuracy(row(base_m), row(v["matches"]), name, MAX_MAP_DROP, CONFIDENCE, args.map_resamples, 0)
+        subs = [asdict(judge_accuracy(row(base_m.subset(s)), row(v["matches"].subset(s)), name, MAX_MAP_DROP,
+                                      CONFIDENCE, args.subset_resamples, k)) for k, s in enumerate(subsets)]
+        out["variants"][name] = {"all_images": asdict(full), "subsets": subs,
+                                 "fails_on_subsets": _rate(sum(s["decision"] == "regression" for s in subs),
+                                                           len(subs)),
+                                 "inconclusive_on_subsets": sum(s["decision"] == "inconclusive" for s in subs)}
+        log(f"accuracy: {name}: delta {100 * full.delta:+.2f} points, {full.decision}; fails on "
+            f"{out['variants'][name]['fails_on_subsets']['count']}/{len(subs)} subsets "
+            f"({time.perf_counter() - t:.0f} s)")
+    out["baseline_map"] = base_m.map()
+    return out
+
+
+# --- report ------------------------------------------------------------------------------------------------------
+
+def _pct(r: dict) -> str:
+    if not r or not r["n"]:
+        return "-"
+    return f"{r['count']}/{r['n']} = {100 * r['rate']:.1f}% [{100 * r['wilson95'][0]:.1f}, {100 * r['wilson95'][1]:.1f}]"
+
+
+def _pairs_table(a: dict) -> list[str]:
+    lines = ["| mode | false alarms (A/A) | detection of +5% | detection of +10% | inconclusive A/A, +5%, +10% "
+             "| sd of log ratio, A/A | A/A ratio p5-p95 |", "|---|---|---|---|---|---:|---|"]
+    for mode in MODES:
+        m = a[mode]
+        qa = m["A/A"]["ratio_quantiles"]
+        lines.append(f"| {mode} | {_pct(m['A/A']['fails'])} | {_pct(m['+5%']['fails'])} | {_pct(m['+10%']['fails'])} "
+                     f"| {', '.join(str(m[k]['inconclusive']) for k in KINDS)} "
+                     f"| {100 * (m['aa_log_ratio_sd'] or 0):.2f}% "
+                     f"| {qa.get('p5', float('nan')):.3f}-{qa.get('p95', float('nan')):.3f} |")
+    return lines
+
+
 def render_markdown(doc: dict) -> str:
-    s, a, env = doc["settings"], doc["analysis"], doc["environment"]
-    sd = a["true_slowdown"]
+    s, lat, env = doc["settings"], doc["latency"], doc["environment"]
     lines = [
-        "# Latency gate quality", "",
+        "# CI gate quality", "",
         f"Generated by `benchmarks/gate_quality.py` from `{doc['json_name']}`"
         f"{' (QUICK smoke run: too few repetitions to mean anything)' if s['quick'] else ''}.", "",
         f"- Machine: {env.get('cpu')}, {env.get('cpu_count')} logical CPUs; onnxruntime "
         f"{env.get('libraries', {}).get('onnxruntime')}, {s['threads']} intra-op thread(s), spinning off; "
-        f"{env.get('timestamp')}; wall time {doc['wall_s']:.0f} s.",
-        f"- {s['repetitions']} repetitions; each run: warm-up {s['protocol']['warmup_runs']} runs and "
-        f"{s['protocol']['warmup_s']} s, then {s['protocol']['runs']} samples, reference workload timed after each; "
-        f"baseline of repetition i vs current of repetition i+{s['lag']} (mod N).",
-        f"- Gate: max_regression {s['max_regression']}, confidence {s['confidence']}, {s['resamples']} resamples.",
-        f"- A: {s['macs']['A'] / 1e6:.1f} M MACs; B: {s['macs']['B'] / 1e6:.1f} M MACs "
-        f"(x{s['macs']['B'] / s['macs']['A']:.4f}).",
-        f"- Measured slowdown B/A: interleaved in one process {sd['interleaved_paired_median']:.4f} "
-        f"(repetitions' p5-p95 {sd['interleaved_p5']:.4f}-{sd['interleaved_p95']:.4f}); separate runs "
-        f"{sd['separate_runs_median']:.4f} absolute, {sd['separate_runs_relative_median']:.4f} relative."
-        + ("" if 1.07 <= sd["interleaved_paired_median"] <= 1.13 else
-           " **Not ~10 %: the detection rate below is for this slowdown, not for 10 %.**"), "",
-        "## Baseline and candidate measured in separate runs (`xprune bench` twice, then `xprune gate`)", "",
-        *_rates_table(a), ""]
-    cp = a["contended_pairs"]
-    lines += ["", "Rates with Wilson 95 % intervals in brackets. Targets: false alarms <= 5 % (aim 1 %), "
-              "detection >= 95 %.", "",
-              f"Contended pairs (either run's reference p90 > {CONTENDED_SPREAD}x its median: other work shared "
-              f"the cores): {cp['A/A']} A/A, {cp['A/B']} A/B. Without them: "
-              + "; ".join(f"{mode} false alarms {_fmt(a[mode]['false_alarm_uncontended'])}, detection "
-                          f"{_fmt(a[mode]['detection_uncontended'])}" for mode in MODES) + ".", "",
-              "Decision rules compared on the same pairs (false alarms / detection):", "",
-              "| rule | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
-    for rule in RULES:
-        cells = []
-        for mode in MODES:
-            r = a[mode]["rules"][rule]
-            cells.append(f"{r['false_alarm']['count']}/{r['false_alarm']['n']} / "
-                         f"{r['detection']['count']}/{r['detection']['n']}")
-        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
-    if "analysis_interleaved" in doc:
-        lines += ["", "## Baseline and candidate interleaved in one run "
-                  "(`xprune bench CANDIDATE --baseline BASELINE --interleave`, then `xprune gate --interleaved`)", "",
-                  "The same repetitions; in each, A, a second session of A and B were timed round by round in one "
-                  "process. A/A = A vs its second session, A/B = A vs B, judged by the same gate.", "",
-                  *_rates_table(doc["analysis_interleaved"])]
-    lines += ["", "A sd of log ratio s on A/A pairs predicts, for the gate's rule at m = 0.05, about "
-              "P(z > 0.05/s) false alarms and as many misses of a 10 % slowdown (docs/ci-gate.md).", ""]
+        f"{doc['started']}; wall time {doc['wall_s']:.0f} s."]
+    if lat is not None:
+        lines += _latency_markdown(s, lat)
+    acc = doc.get("accuracy")
+    if acc:
+        lines += _accuracy_markdown(acc)
     return "\n".join(lines)
 
 
-def _rates_table(a: dict) -> list[str]:
-    lines = ["| mode | false alarms (A/A) | detection (A/B) | inconclusive A/A, A/B | sd of log ratio, A/A | "
-             "A/A ratio p5-p95 | A/B ratio p5-p95 |", "|---|---|---|---|---:|---|---|"]
-    for mode in MODES:
-        m = a[mode]
-        fa, de = m["false_alarm"], m["detection"]
-        qa, qb = m["aa_ratio_quantiles"], m["ab_ratio_quantiles"]
-        lines.append(f"| {mode} | {fa['count']}/{fa['n']} = {100 * fa['rate']:.1f}% "
-                     f"[{100 * fa['wilson95'][0]:.1f}, {100 * fa['wilson95'][1]:.1f}] "
-                     f"| {de['count']}/{de['n']} = {100 * de['rate']:.1f}% "
-                     f"[{100 * de['wilson95'][0]:.1f}, {100 * de['wilson95'][1]:.1f}] "
-                     f"| {m['inconclusive_aa']}, {m['inconclusive_ab']} "
-                     f"| {100 * (m['aa_log_ratio_sd'] or 0):.2f}% "
-                     f"| {qa.get('p5', float('nan')):.3f}-{qa.get('p95', float('nan')):.3f} "
-                     f"| {qb.get('p5', float('nan')):.3f}-{qb.get('p95', float('nan')):.3f} |")
+def _latency_markdown(s: dict, lat: dict) -> list[str]:
+    sd = lat["true_slowdown"]
+    lines = [
+        f"- {s['repetitions']} repetitions; each: four `xprune bench` processes in shuffled order (A, B5, B10 "
+        f"alone, and all four interleaved), {s['samples']} samples each after the command's warm-up, reference "
+        f"workload timed after each sample.",
+        f"- A: {s['macs']['A'] / 1e6:.1f} M MACs; B5 x{s['macs']['B5'] / s['macs']['A']:.4f}; "
+        f"B10 x{s['macs']['B10'] / s['macs']['A']:.4f}.",
+        *[f"- Measured slowdown {k}/A: interleaved {v['interleaved_paired_median']:.4f} (repetitions' p5-p95 "
+          f"{v['interleaved_p5']:.4f}-{v['interleaved_p95']:.4f}); separate processes {v['separate_runs_median']:.4f}."
+          for k, v in sd.items()],
+        f"- Gate: max_regression {s['max_regression']}, confidence {s['confidence']}, {s['resamples']} resamples; "
+        f"history mode: A/A false-alarm rate {s['false_alarm']}.", "",
+        "## Separate processes, one pair of runs (`xprune gate --baseline a.json --current b.json`)", "",
+        f"The A run of repetition i against the runs of repetition i+{lat['lag']} (mod N).", "",
+        *_pairs_table(lat["separate"]["analysis"]), "",
+        "Decision rules compared on the same pairs (false alarms / detection of +10 %):", "",
+        "| rule | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+    sep = lat["separate"]["analysis"]
+    for rule in RULES:
+        lines.append(f"| {rule} | " + " | ".join(
+            f"{sep[mode]['A/A']['rules'][rule]['count']}/{sep[mode]['A/A']['rules'][rule]['n']} / "
+            f"{sep[mode]['+10%']['rules'][rule]['count']}/{sep[mode]['+10%']['rules'][rule]['n']}" for mode in MODES)
+            + " |")
+    lines += ["", "## Separate processes, history mode (`xprune gate --history DIR --current b.json`)", "",
+              "The A runs of the W repetitions before i as the history, against the runs of repetition i. "
+              "Tolerance 0.05 is the default (`--max-regression`, a floor under the threshold); tolerance 0 shows "
+              "the threshold from the spread alone.", "",
+              "| W | mode | tolerance | false alarms (A/A) | detection of +5% | detection of +10% | median threshold "
+              "| median detectable (80%) | median spread |", "|---:|---|---:|---|---|---|---:|---:|---:|"]
+    for w, h in lat["history"].items():
+        for setting, a in h["analysis"].items():
+            mode, tol = setting.split("@")
+            lines.append(f"| {w} | {mode} | {tol} | {_pct(a['A/A']['fails'])} | {_pct(a['+5%']['fails'])} "
+                         f"| {_pct(a['+10%']['fails'])} | {a['threshold_median']:.3f} | {a['detectable_median']:.3f} "
+                         f"| {100 * a['spread_median']:.2f}% |")
+    lines += ["", "## One interleaved run (`xprune bench CANDIDATE --baseline BASELINE`, `xprune gate --interleaved`)",
+              "", "A against a copy of itself, B5 and B10, timed round by round in one process.", "",
+              *_pairs_table(lat["interleaved"]["analysis"]), "",
+              "Rates with Wilson 95 % intervals in brackets. Targets: history mode A/A false alarms <= 5 %, "
+              "detection of +10 % reported (aim >= 80 %); interleaved <= 1 % false alarms and >= 95 % detection "
+              "of +10 %.", ""]
     return lines
 
 
-def _fmt(r: dict) -> str:
-    return f"{r['count']}/{r['n']}" + (f" = {100 * r['rate']:.1f}%" if r["n"] else "")
+def _accuracy_markdown(acc: dict) -> list[str]:
+    lines = ["", "## Accuracy gate (`xprune gate --max-map-drop 0.01`)", "",
+             f"Reference YOLOv8n on {acc['images']} synthetic validation images (baseline mAP "
+             f"{acc['baseline_map']:.4f}); each variant against the baseline on all images, and on "
+             f"{acc['subsets']} random subsets of {acc['subset_images']} images; paired bootstrap, "
+             f"{acc['resamples']} resamples ({acc['subset_resamples']} on a subset).", "",
+             "| variant | mAP | delta, points (95% one-sided bounds) | decision, all images "
+             "| fails on subsets | inconclusive subsets |", "|---|---:|---|---|---|---:|"]
+    for name, v in acc["variants"].items():
+        f = v["all_images"]
+        lines.append(f"| {name} | {f['current_map']:.4f} | {100 * f['delta']:+.2f} ({100 * f['delta_low']:+.2f} "
+                     f"to {100 * f['delta_high']:+.2f}) | {f['decision']} | {_pct(v['fails_on_subsets'])} "
+                     f"| {v['inconclusive_on_subsets']} |")
+    lines += ["", "Target: every variant that loses >= 5 mAP points fails; the unchanged model never fails.", ""]
+    return lines
 
 
 def write_report(doc: dict, json_path: Path) -> Path:
@@ -233,113 +433,80 @@ def write_report(doc: dict, json_path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=100, help="repetitions (each: A baseline, A current, B current, "
-                                                          "A/B interleaved); default 100")
+    ap.add_argument("--runs", type=int, default=80, help="repetitions, four bench processes each (default 80)")
     ap.add_argument("--samples", type=int, default=30, help="timed samples per run (default 30)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    ap.add_argument("--lag", type=int, default=None, help="pair baseline i with current i+lag (default runs/2)")
-    ap.add_argument("--seed", type=int, default=0, help="run-order shuffling")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 4 repetitions of 15 samples")
+    ap.add_argument("--lag", type=int, default=None, help="one-pair mode: baseline i vs current i+lag (default N/2)")
+    ap.add_argument("--windows", default="20,10,5", help="history sizes W to score (default 20,10,5)")
+    ap.add_argument("--seed", type=int, default=0, help="process order shuffling and accuracy subsets")
+    ap.add_argument("--no-accuracy", action="store_true", help="skip the accuracy-gate part")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency part (the accuracy gate only)")
+    ap.add_argument("--accuracy-images", type=int, default=200, help="synthetic validation images (default 200)")
+    ap.add_argument("--accuracy-seed", type=int, default=1, help="synthetic dataset seed (training used 0)")
+    ap.add_argument("--accuracy-subsets", type=int, default=20, help="random image subsets (default 20)")
+    ap.add_argument("--subset-images", type=int, default=50, help="images per subset (default 50)")
+    ap.add_argument("--map-resamples", type=int, default=1000,
+                    help="bootstrap resamples on all images (default 1000, the gate's)")
+    ap.add_argument("--subset-resamples", type=int, default=200,
+                    help="bootstrap resamples on each subset (default 200: every resample is a pycocotools "
+                         "accumulate per model, and the subsets are many)")
+    ap.add_argument("--prune-rates", default="0.05,0.1", help="pruning rates of the accuracy part (default 0.05,0.1)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 repetitions of 10 samples, small accuracy part")
+    ap.add_argument("--work", type=Path, default=None, help="keep the models and raw run files here")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON path (default benchmarks/results/gate_quality.json, .quick.json with --quick)")
     ap.add_argument("--report-only", action="store_true", help="re-render the .md from an existing JSON")
     args = ap.parse_args(argv)
     out = args.out or RESULTS_DIR / ("gate_quality.quick.json" if args.quick else "gate_quality.json")
-    if args.report_only:
-        print(write_report(read_json(out, "gate-quality results"), out))
-        return 0
-    if args.quick:
-        args.runs, args.samples = min(args.runs, 4), min(args.samples, 15)
-    n = args.runs
-    if n < 2 or args.samples < 5 or args.threads < 1:
-        ap.error("need --runs >= 2, --samples >= 5, --threads >= 1")
-    lag = (n // 2 if args.lag is None else args.lag) % n
+    try:
+        if args.report_only:
+            doc = read_json(out, "gate-quality results")
+            if doc.get("format") != FORMAT:
+                raise XpruneError(f"{out} was written by an older gate_quality.py ({doc.get('format')}); run the "
+                                  f"benchmark again to render it")
+            print(write_report(doc, out))
+            return 0
+        if args.quick:
+            args.runs, args.samples = min(args.runs, 8), min(args.samples, 10)
+            args.windows, args.accuracy_images, args.accuracy_subsets = "5", min(args.accuracy_images, 16), 2
+            args.subset_images, args.map_resamples, args.subset_resamples, args.prune_rates = 8, 100, 100, "0.05"
+        args.windows = sorted({int(w) for w in str(args.windows).split(",")}, reverse=True)
+        args.prune_rates = [float(r) for r in str(args.prune_rates).split(",")]
+        if args.runs < 2 or args.samples < 5 or args.threads < 1 or min(args.windows) < 5 \
+                or max(args.windows) >= args.runs:
+            ap.error("need --runs >= 2, --samples >= 5, --threads >= 1 and every window in [5, runs)")
+        return run(args, out)
+    except XpruneError as e:
+        print(f"gate_quality: error: {e}", file=sys.stderr)
+        return 2
 
-    t_start = time.perf_counter()
-    models, macs = {}, {}
-    models["A"], macs["A"], shape = conv_net(**NET)
-    models["B"], macs["B"], _ = conv_net(**NET, extra_layers=1)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    protocol = LatencyProtocol(warmup_runs=10, warmup_s=0.5, runs=args.samples, min_s=0.0, max_s=30.0)
-    env = environment()
-    ref_desc = ReferenceWorkload(args.threads).describe()
-    # One second of A and the reference before anything is recorded, so the first run of the process (CPU clocks,
-    # allocator, thread pool start) is not different in kind from the other 4N - 1; a CI job's own warm-up does
-    # the same for its single run.
-    with OnnxRuntimeRunner(models["A"], threads=args.threads) as warm, ReferenceWorkload(args.threads) as ref:
-        measure_interleaved({"A": lambda: warm.infer(x)}, LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=1,
-                                                                          min_s=0.0), reference=ref.run)
-    shuffle = random.Random(args.seed)
 
-    reps = []
-    for i in range(n):
-        order = ["A_baseline", "A_current", "B_current", "interleaved"]
-        shuffle.shuffle(order)
-        rep: dict = {"order": order}
-        for what in order:
-            if what == "interleaved":
-                rep[what] = measure_pair(models, x, protocol, args.threads)
-            else:
-                name = what[0]
-                rep[what] = measure_run(name, models[name], macs[name], shape, x, protocol, args.threads, ref_desc)
-        reps.append(rep)
-        a_med = rep["A_current"]["rows"][0]["median_ms"]
-        b_med = rep["B_current"]["rows"][0]["median_ms"]
-        print(f"[{i + 1}/{n}] A {a_med:.3f} ms, B {b_med:.3f} ms, interleaved B/A "
-              f"{rep['interleaved']['paired_ratio_median']:.4f}  ({time.perf_counter() - t_start:.0f} s)",
-              file=sys.stderr)
+def run(args, out: Path) -> int:
+    def log(m: str) -> None:
+        print(m, file=sys.stderr, flush=True)
 
-    pairs = []
-    for i in range(n):
-        j = (i + lag) % n
-        for kind, cur in (("A/A", "A_current"), ("A/B", "B_current")):
-            pairs.append({"kind": kind, "baseline_rep": i, "current_rep": j,
-                          **judge(reps[i]["A_baseline"], reps[j][cur])})
-
-    # The interleaved mode (`xprune bench CANDIDATE --baseline BASELINE --interleave`): baseline and candidate
-    # from the same run of one process, A vs a second session of A (A/A) and A vs B (A/B).
-    interleaved_pairs = []
-    for i, rep in enumerate(reps):
-        smp = rep["interleaved"]["samples_ms"]
-
-        def one(name: str, key: str) -> dict:
-            return new_results([_row(name, macs[name], shape, smp[key], smp[key + REFERENCE_SUFFIX], args.threads)],
-                               {"see": "the environment at the top of gate_quality.json"},
-                               protocol={**protocol.__dict__, "interleave": True, "reference_workload": ref_desc})
-        for kind, key in (("A/A", "A2"), ("A/B", "B")):
-            interleaved_pairs.append({"kind": kind, "baseline_rep": i, "current_rep": i,
-                                      **judge(one("A", "A"), one(key[0], key))})
-
-    inter = [r["interleaved"]["paired_ratio_median"] for r in reps]
-
-    def run_ratio(rel: bool) -> list[float]:
-        out_ = []
-        for r in reps:
-            a, b = r["A_current"]["rows"][0], r["B_current"]["rows"][0]
-            if rel:
-                out_.append(statistics.median(np.divide(b["samples_ms"], b["reference_samples_ms"]))
-                            / statistics.median(np.divide(a["samples_ms"], a["reference_samples_ms"])))
-            else:
-                out_.append(statistics.median(b["samples_ms"]) / statistics.median(a["samples_ms"]))
-        return out_
-
-    slowdown = {"macs_ratio": macs["B"] / macs["A"], "interleaved_paired_median": statistics.median(inter),
-                "interleaved_p5": float(np.quantile(inter, 0.05)), "interleaved_p95": float(np.quantile(inter, 0.95)),
-                "interleaved_relative_median": statistics.median(
-                    r["interleaved"]["paired_relative_ratio_median"] for r in reps),
-                "separate_runs_median": statistics.median(run_ratio(False)),
-                "separate_runs_relative_median": statistics.median(run_ratio(True))}
-    doc = {"format": FORMAT, "json_name": out.name, "command": " ".join(["python", *sys.argv]),
-           "environment": env,
-           "settings": {"quick": args.quick, "repetitions": n, "lag": lag, "seed": args.seed,
-                        "threads": args.threads, "protocol": protocol.__dict__, "net": NET, "macs": macs,
-                        "input_shape": list(shape), "reference_workload": ref_desc,
-                        "max_regression": MAX_REGRESSION, "confidence": CONFIDENCE, "resamples": RESAMPLES},
-           "analysis": analyse(pairs, slowdown), "pairs": pairs,
-           "analysis_interleaved": analyse(interleaved_pairs, slowdown), "interleaved_pairs": interleaved_pairs,
-           "repetitions": reps}
-    doc["wall_s"] = time.perf_counter() - t_start
-    # compact: ~2,400 raw samples per 10 repetitions would otherwise take a line each
+    t0 = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    work = args.work or Path(tempfile.mkdtemp(prefix="gate-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        reps, macs, latency = [], {}, None
+        if not args.no_latency:
+            reps, macs = measure(args, work, log)
+            latency = score_latency(reps, args)
+        accuracy = None if args.no_accuracy else measure_accuracy(args, work, log)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    doc = {"format": FORMAT, "json_name": out.name, "command": " ".join(["python", *sys.argv]), "started": started,
+           "environment": environment(),
+           "settings": {"quick": args.quick, "repetitions": args.runs, "samples": args.samples, "seed": args.seed,
+                        "threads": args.threads, "windows": args.windows, "net": NET, "macs": macs,
+                        "max_regression": MAX_REGRESSION, "confidence": CONFIDENCE, "resamples": RESAMPLES,
+                        "false_alarm": 0.05, "max_map_drop": MAX_MAP_DROP},
+           "latency": latency, "accuracy": accuracy, "repetitions": reps}
+    doc["wall_s"] = time.perf_counter() - t0
+    # compact: thousands of raw samples would otherwise take a line each
     write_with(out, lambda tmp: tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n"))
     md = write_report(doc, out)
     print(render_markdown(doc))

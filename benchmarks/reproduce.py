@@ -10,14 +10,17 @@ The same run as `xprune study` (`xprune.study.options.run_and_report`), with the
 checkout: the output goes to benchmarks/results/study, the synthetic dataset is generated in data/synth when it is
 not there, and `--render-only` draws the committed study when OUT holds none.
 
-Default run (a few minutes on a 2-core CPU; the committed one, `--val-images 100`, measured for 217 s): the
-reference checkpoints committed in xprune/reference/ (YOLOv8n and SSDlite320-MobileNetV3, trained on the synthetic
-dataset) give accuracy + speed rows at every rate of the paper's sweep (1, 2, 5, 10, 15, 20 %) for l1 and attr;
-SSD-MobileNetV2 and SSD-ShuffleNetV2 - the paper's lightweight rows, for which this project has no trained weights -
-give speed-only rows (random init, 256 px, rates 5 and 10 %). Backends: PyTorch eager CPU (zeroed, the paper's
-setting) and ONNX Runtime CPU (folded); TensorRT is recorded as unavailable unless `require_tensorrt()` passes.
-YOLOv8n is also compared with Ultralytics' own ONNX export of the unpruned model. Writes study.json, bench/*.json
-(every latency sample), scores/*.json, report.md and the figures.
+Default run: every model with a reference checkpoint in xprune/reference/ (trained on the synthetic dataset by
+benchmarks/train_reference.py) gives accuracy + speed rows at every rate of the paper's sweep (1, 2, 5, 10, 15,
+20 %) for l1 and attr, on the whole val split: mAP in PyTorch and of every variant's exported file through ONNX
+Runtime, each with a 95 % bootstrap interval over the images, and every ΔmAP with a paired interval against the
+baseline. The paper's lightweight families without trained weights give speed-only rows (random init, 256 px,
+rates 5 and 10 %). Backends: PyTorch eager CPU (zeroed, the paper's setting) and ONNX Runtime CPU (folded), every
+variant of a model timed interleaved, each round in an order drawn from `--order-seed`; TensorRT is recorded as
+unavailable unless `require_tensorrt()` passes. YOLOv8n is also compared with Ultralytics' own ONNX export of the
+unpruned model. Writes study.json, bench/*.json (every latency sample and every round's order), scores/*.json,
+report.md and the figures. How long it takes depends on the machine and the models; study.json records it
+("seconds", and per model), and the progress lines say what runs.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ runs and differ from one another. Two defences, both used by `xprune bench --int
 `benchmarks/gate_quality.py`:
 
 * `measure_interleaved` runs the functions under comparison in rotating order, round by round (A B, B A, A B, ...),
-  so a slow spell hits every function alike instead of whichever happened to be measured during it.
+  so a slow spell hits every function alike instead of whichever happened to be measured during it; with a seed,
+  each round's order is drawn at random instead (`round_order`), so no function always follows the same other one.
 * `ReferenceWorkload` is a small deterministic conv net run in ONNX Runtime with the same thread settings as the
   model. Timed right after each model sample, it gives every model sample a paired reference sample; the gate then
   compares model/reference per sample ("relative latency"), which cancels changes of machine speed that hit both
@@ -105,19 +106,32 @@ class ReferenceWorkload:
         return self._runner.infer(self.input)[0]
 
 
+def round_order(n: int, round_index: int, seed: int | None = None) -> list[int]:
+    """The order of one round over n functions: rotated by the round index (0 1 2, 1 2 0, ...), or with `seed` a
+    permutation drawn for that round alone, so every round's order can be recomputed from (seed, round index)."""
+    if seed is None:
+        k = round_index % n
+        return [*range(k, n), *range(k)]
+    return [int(i) for i in np.random.default_rng([seed, round_index]).permutation(n)]
+
+
 def measure_interleaved(fns: dict[str, Callable[[], object]], protocol: LatencyProtocol = LatencyProtocol(),
-                        reference: Callable[[], object] | None = None) -> dict[str, list[float]]:
+                        reference: Callable[[], object] | None = None,
+                        seed: int | None = None) -> dict[str, list[float]]:
     """Time several functions interleaved, by the protocol; returns {name: samples_ms}.
 
     Warm-up: whole rounds (every function, and the reference after each) until `warmup_runs` rounds and
     `warmup_s` seconds have passed. Then timed rounds; round r calls the functions in the order rotated by r
-    (A B C, B C A, C A B, ...), so neither position nor drift favours any of them. With `reference`, it is timed
-    right after each model sample and its samples come back under "<name>@reference", pair for pair with
-    "<name>". Timing stops after at least `runs` rounds and `min_s` seconds for the whole loop (every function
-    gets `runs` samples), or at `max_s` once 10 rounds are in."""
+    (A B C, B C A, C A B, ...), so neither position nor drift favours any of them; with `seed` (>= 0), in the
+    order `round_order(len(fns), r, seed)`, so no function always runs right after the same other one. With
+    `reference`, it is timed right after each model sample and its samples come back under "<name>@reference",
+    pair for pair with "<name>". Timing stops after at least `runs` rounds and `min_s` seconds for the whole loop
+    (every function gets `runs` samples), or at `max_s` once 10 rounds are in."""
     if not fns:
         raise XpruneError("measure_interleaved needs at least one function to time")
     names = list(fns)
+    if seed is not None and seed < 0:
+        raise XpruneError(f"the interleaving seed must be >= 0, got {seed}")
     for name in names:
         if name.endswith(REFERENCE_SUFFIX):
             raise XpruneError(f"function name '{name}' clashes with the reference samples' suffix")
@@ -133,7 +147,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], protocol: LatencyP
 
     start, rounds = time.perf_counter(), 0
     while rounds < protocol.warmup_runs or time.perf_counter() - start < protocol.warmup_s:
-        one_round(names[rounds % len(names):] + names[:rounds % len(names)], None)
+        one_round([names[i] for i in round_order(len(names), rounds, seed)], None)
         rounds += 1
         if time.perf_counter() - start > protocol.max_s:
             break
@@ -143,8 +157,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], protocol: LatencyP
         out.update({n + REFERENCE_SUFFIX: [] for n in names})
     start, rounds = time.perf_counter(), 0
     while rounds < protocol.runs or time.perf_counter() - start < protocol.min_s:
-        k = rounds % len(names)
-        one_round(names[k:] + names[:k], out)
+        one_round([names[i] for i in round_order(len(names), rounds, seed)], out)
         rounds += 1
         if time.perf_counter() - start > protocol.max_s and rounds >= 10:
             break

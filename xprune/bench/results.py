@@ -4,7 +4,9 @@ statistics from raw data instead of trusting summaries.
     {"format": "xprune-bench-1", "command": "...", "environment": {...}, "protocol": {...},
      "rows": [{"model", "variant", "method", "rate", "engine", "device", "precision", "input_shape",
                "samples_ms": [...], "median_ms", "p90_ms", "p99_ms", "fps", ... optional "map", "map50",
-               "macs", "params", "reference_samples_ms" (a fixed workload timed interleaved with the model)}]}
+               "map_matches" (the per-image COCO evaluation, `xprune.evaluate.bootstrap.ImageMatches.to_json`,
+               from which the gate bootstraps mAP differences), "macs", "params", "reference_samples_ms" (a fixed
+               workload timed interleaved with the model)}]}
 """
 
 from __future__ import annotations
@@ -63,3 +65,7 @@ def validate(doc, where: str) -> None:
         if ref is not None and (not isinstance(ref, list) or len(ref) != len(samples)
                                 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in ref)):
             raise XpruneError(f"{where}: row {i} ({row.get('model')}) has malformed reference samples")
+        matches = row.get("map_matches")
+        if matches is not None and (not isinstance(matches, dict) or not isinstance(matches.get("arrays"), dict)):
+            # the full check (`ImageMatches.from_json`) runs where the matches are used
+            raise XpruneError(f"{where}: row {i} ({row.get('model')}) has a malformed per-image evaluation")

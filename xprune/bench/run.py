@@ -58,6 +58,7 @@ class BenchSettings:
     batch_size: int = 8
     seed: int = 0
     threads: int | None = None  # the reference workload runs with the models' thread count
+    order_seed: int | None = None  # interleaved rounds in a random order drawn per round (None: rotated)
 
 
 def bench_files(paths: list[str], settings: BenchSettings, options: TargetOptions = TargetOptions(),
@@ -109,7 +110,8 @@ def bench(targets: list[Target], settings: BenchSettings, command: str | None = 
         timing: dict[str, str] = {}
         if settings.interleave or reference is not None:
             log(f"timing {len(fns)} target(s) interleaved")
-            samples = measure_interleaved(fns, settings.protocol, reference)  # host clock for every target
+            # host clock for every target
+            samples = measure_interleaved(fns, settings.protocol, reference, seed=settings.order_seed)
         else:
             samples = {}
             for t in targets:
@@ -131,6 +133,11 @@ def bench(targets: list[Target], settings: BenchSettings, command: str | None = 
                 row.update(_map(t, settings))
             rows.append(row)
     protocol = dict(vars(settings.protocol), interleaved=settings.interleave or ref is not None)
+    if protocol["interleaved"] and settings.order_seed is not None:  # each round's order, as indices into rows
+        from xprune.bench.drift import round_order
+        rounds = len(rows[0]["samples_ms"])
+        protocol.update(order_seed=settings.order_seed,
+                        round_orders=[round_order(len(rows), r, settings.order_seed) for r in range(rounds)])
     if ref is not None:
         protocol["reference_workload"] = ref.describe()
     return new_results(rows, environment(targets[0].runner.device), protocol=protocol,
@@ -145,8 +152,10 @@ def _map(target: Target, settings: BenchSettings) -> dict:
     val = CocoDetectionSet.from_folder(settings.data, settings.split, size, limit=settings.val_images)
     # Batch-1 engines see one image at a time; the shared post-process makes the numbers comparable.
     metrics = evaluate_predictions(target.runner.predict, val, target.info.get("category_ids"),
-                                   batch_size=target.info["input_shape"][0])
-    return {"map": metrics["map"], "map50": metrics["map50"], "val_images": metrics["images"]}
+                                   batch_size=target.info["input_shape"][0], per_image=True)
+    # the per-image evaluation lets `xprune gate --max-map-drop` bootstrap the mAP difference over images
+    return {"map": metrics["map"], "map50": metrics["map50"], "val_images": metrics["images"],
+            "map_matches": metrics["matches"].to_json()}
 
 
 def compare_files(a: str | Path, b: str | Path, options: TargetOptions = TargetOptions(), inputs: int = 4,

@@ -38,12 +38,24 @@ def format_bench_table(rows: list[dict]) -> str:
 
 
 def cmd_gate(args) -> int:
-    from xprune.bench.gate import parse_relative, run_gate
+    from xprune.bench.gate import parse_relative, run_gate, run_record
+    if args.record is not None:
+        others = [f for f, v in (("--baseline", args.baseline), ("--current", args.current),
+                                 ("--interleaved", args.interleaved), ("--history", args.history)) if v is not None]
+        if others or not args.run:
+            raise XpruneError("--record DIR takes one results file and nothing else: xprune gate --record DIR run.json")
+        return run_record(args.record, args.run)
+    if args.run:
+        raise XpruneError(f"unexpected file '{args.run}': a results file without an option is only taken by --record")
     if not 0.0 <= args.max_regression < 1.0:
         raise XpruneError(f"--max-regression must be in [0, 1), got {args.max_regression}")
-    return run_gate(args.baseline, args.current, interleaved=args.interleaved, max_regression=args.max_regression,
-                    confidence=args.confidence, resamples=args.resamples, seed=args.seed,
-                    relative=parse_relative(args.relative), summary=args.summary, verdict_path=args.verdict)
+    if args.max_map_drop is not None and not 0.0 <= args.max_map_drop < 1.0:
+        raise XpruneError(f"--max-map-drop must be in [0, 1) (0.01 = one mAP point), got {args.max_map_drop}")
+    return run_gate(args.baseline, args.current, interleaved=args.interleaved, history=args.history,
+                    max_regression=args.max_regression, confidence=args.confidence, resamples=args.resamples,
+                    seed=args.seed, relative=parse_relative(args.relative), max_map_drop=args.max_map_drop,
+                    map_resamples=args.map_resamples, min_history=args.min_history, window=args.window,
+                    false_alarm=args.false_alarm, summary=args.summary, verdict_path=args.verdict)
 
 
 def cmd_compare(args) -> int:
@@ -80,12 +92,25 @@ def add_parsers(sub) -> None:
                    help="also time a fixed workload after each sample, for drift-robust (relative) comparisons")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("gate", help="CI latency gate: compare two results files; exit 0 pass, 1 regression, 2 unusable")
+    p = sub.add_parser("gate", help="CI latency (and accuracy) gate: compare results files; exit 0 pass, "
+                                    "1 regression, 2 unusable")
+    p.add_argument("run", nargs="?", default=None, help="with --record: the results file to append to the history")
     p.add_argument("--baseline", default=None, help="results file of the baseline")
     p.add_argument("--current", default=None, help="results file of the candidate")
     p.add_argument("--interleaved", default=None, metavar="FILE",
                    help="instead: one `xprune bench CANDIDATE --baseline BASELINE` run (most robust on noisy machines)")
+    p.add_argument("--history", default=None, metavar="DIR",
+                   help="instead of --baseline: judge --current against the baseline runs recorded in DIR")
+    p.add_argument("--record", default=None, metavar="DIR", help="append the results file RUN to the history in DIR")
+    p.add_argument("--min-history", type=positive_int, default=5, help="history mode: runs needed (>= 5)")
+    p.add_argument("--window", type=positive_int, default=20, help="history mode: judge against the last N runs")
+    p.add_argument("--false-alarm", type=float, default=0.05,
+                   help="history mode: rate at which a run of the baseline itself may fail (default 0.05)")
     p.add_argument("--max-regression", type=float, default=0.05, help="allowed slowdown of the median (0.05 = 5%%)")
+    p.add_argument("--max-map-drop", type=float, default=None,
+                   help="also fail a row whose mAP fell by more than this (0.01 = one point); both files need "
+                        "`xprune bench --data`")
+    p.add_argument("--map-resamples", type=positive_int, default=1000, help="bootstrap resamples of the images")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--resamples", type=positive_int, default=2000)
     p.add_argument("--seed", type=int, default=0)

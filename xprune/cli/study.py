@@ -39,7 +39,7 @@ def cmd_study(args) -> None:
 
 def add_parsers(sub) -> None:
     from xprune.study.options import add_study_arguments
-    from xprune.study.settings import DEMO_CALIB_IMAGES, DEMO_LATENCY_RUNS, DEMO_RATE
+    from xprune.study.settings import DEMO_CALIB_IMAGES, DEMO_LATENCY_RUNS, DEMO_RATE, DEMO_VAL_IMAGES
 
     p = sub.add_parser("study", help="the paper's sweep: models x criteria x rates -> table, plots and report")
     add_study_arguments(p, "xprune-study", None)
@@ -51,6 +51,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--models", nargs="+", default=None, help="reference models (default: all of them)")
     p.add_argument("--rate", type=float, default=None, help=f"pruning rate (default: {DEMO_RATE:g})")
     p.add_argument("--calib-images", type=positive_int, default=None, help=f"default: {DEMO_CALIB_IMAGES}")
-    p.add_argument("--val-images", type=positive_int, default=None, help="default: the whole val split")
+    p.add_argument("--val-images", type=positive_int, default=None,
+                   help=f"default: the first {DEMO_VAL_IMAGES} of the val split (the demo's cap, for speed)")
     p.add_argument("--latency-runs", type=positive_int, default=None, help=f"default: {DEMO_LATENCY_RUNS}")
     p.set_defaults(func=cmd_demo)

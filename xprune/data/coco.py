@@ -81,7 +81,8 @@ class CocoDetectionSet:
             with Image.open(path) as im:
                 x, scale = letterbox(im, self.size)
                 width = im.size[0]
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        # ImportError: Ultralytics patches Image.open to try optional HEIF support on failure.
+        except (FileNotFoundError, UnidentifiedImageError, OSError, ImportError) as e:
             raise XpruneError(f"cannot read image {path}: {e}") from None
         anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
         boxes = box_convert(torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4),

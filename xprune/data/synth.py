@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from xprune.data.folder import DatasetWriter, ImageRecord
+from xprune.data.sizes import size_stats
 from xprune.errors import XpruneError
 
 GENERATOR = "xprune-synth-2"
@@ -27,13 +28,9 @@ CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 SPLITS = ("train", "val", "calib")
 STAMP = "synth.json"
 
-# COCO's object-size mix by its area rule (small < 32², medium < 96², large above), as cocodataset.org's detection
-# evaluation page states it for the 2014/2017 sets: "41% of objects are small, 34% are medium, and 24% are large".
-COCO_SIZE_FRACTIONS = {"small": 0.41, "medium": 0.34, "large": 0.24}
 # Side of the box (sqrt of its area) drawn per size group, in pixels; large ones up to a fraction of the frame.
 SIZE_GROUPS = {"small": (0.36, 10.0, 32.0), "medium": (0.33, 32.0, 96.0), "large": (0.31, 96.0, None)}
 MAX_SIDE_FRACTION = 0.9
-HISTOGRAM_EDGES = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0]  # box side / image side
 
 # Photographs among skimage's bundled sample images (charts, logos, silhouettes and tiny images left out).
 PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
@@ -229,22 +226,6 @@ def _labelled(owner: np.ndarray, painted: list[tuple[int, int, float]]) -> list[
     return out
 
 
-def size_stats(annotations: list[dict], images: int, image_size: int) -> dict:
-    """The object-size mix of a COCO annotation list by COCO's area rule, next to COCO's own."""
-    areas = np.array([a["bbox"][2] * a["bbox"][3] for a in annotations], dtype=np.float64)
-    sides = np.array([max(a["bbox"][2], a["bbox"][3]) for a in annotations], dtype=np.float64)
-    n = max(len(areas), 1)
-    fractions = {"small": float((areas < 32 ** 2).sum() / n),
-                 "medium": float(((areas >= 32 ** 2) & (areas < 96 ** 2)).sum() / n),
-                 "large": float((areas >= 96 ** 2).sum() / n)}
-    counts, _ = np.histogram(np.sqrt(areas) / image_size, bins=HISTOGRAM_EDGES)
-    return {"objects": int(len(areas)), "images": images, "fractions": fractions,
-            "coco_fractions": COCO_SIZE_FRACTIONS,
-            "histogram": {"edges": HISTOGRAM_EDGES, "counts": counts.tolist(), "of": "sqrt(box area) / image side"},
-            "objects_per_image": float(len(areas) / max(images, 1)),
-            "max_box_side": float(sides.max() / image_size) if len(sides) else 0.0}
-
-
 def _stamp(cfg: SynthConfig) -> dict:
     return {"generator": GENERATOR, **asdict(cfg)}
 
@@ -274,7 +255,7 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool 
                 img, objects = _make_image(rng, cfg)
                 records.append(ImageRecord(f"{split}_{i:05d}.jpg", img, objects))
             coco = writer.write_split(split, records)
-            stats[split] = size_stats(coco["annotations"], len(records), cfg.image_size)
+            stats[split] = size_stats(coco["annotations"], coco["images"])
             if progress:
                 print(f"  {split}: {len(records)} images, {stats[split]['objects']} objects", flush=True)
         return writer.finish({**wanted, "size_stats": stats["val"], "size_stats_by_split": stats},

@@ -280,7 +280,8 @@ def decode_image(data: bytes, name: str) -> Image.Image:
             return im.convert("RGB")
     except UnidentifiedImageError:
         raise XpruneError(f"deepforest sample file {name} is corrupt: not a readable image") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    # Ultralytics patches Image.open to try optional HEIF support on failure (ImportError without it).
+    except (OSError, SyntaxError, ValueError, ImportError) as e:
         raise XpruneError(f"deepforest sample file {name} is corrupt: {e}") from None
 
 

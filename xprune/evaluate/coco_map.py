@@ -29,10 +29,16 @@ def to_coco_results(detections: list[dict], samples: list[dict], category_ids: l
     return out
 
 
-def coco_map(dataset: CocoDetectionSet, results: list[dict], image_ids: list[int]) -> dict:
-    """COCOeval bbox on the given images. An empty result list scores 0 (pycocotools refuses to load it)."""
+def coco_map(dataset: CocoDetectionSet, results: list[dict], image_ids: list[int], per_image: bool = False) -> dict:
+    """COCOeval bbox on the given images. An empty result list scores 0 (pycocotools refuses to load it).
+    With `per_image`, the dict also holds "matches": the per-image evaluation (`xprune.evaluate.bootstrap.
+    ImageMatches`) from which mAP of any resample of the images, and its bootstrap interval, are recomputed."""
     if not results:
-        return {"map": 0.0, "map50": 0.0, "map75": 0.0, "images": len(image_ids), "detections": 0}
+        out = {"map": 0.0, "map50": 0.0, "map75": 0.0, "images": len(image_ids), "detections": 0}
+        if per_image:
+            from xprune.evaluate.bootstrap import image_matches
+            out["matches"] = image_matches(dataset.coco, results, image_ids)
+        return out
     with contextlib.redirect_stdout(io.StringIO()):
         dt = dataset.coco.loadRes(results)
         ev = COCOeval(dataset.coco, dt, "bbox")
@@ -41,13 +47,18 @@ def coco_map(dataset: CocoDetectionSet, results: list[dict], image_ids: list[int
         ev.accumulate()
         ev.summarize()
     stats = [float(max(v, 0.0)) for v in ev.stats]  # -1 means "no ground truth of that size": report 0
-    return {"map": stats[0], "map50": stats[1], "map75": stats[2], "images": len(image_ids), "detections": len(results)}
+    out = {"map": stats[0], "map50": stats[1], "map75": stats[2], "images": len(image_ids), "detections": len(results)}
+    if per_image:
+        from xprune.evaluate.bootstrap import ImageMatches
+        out["matches"] = ImageMatches.from_cocoeval(ev)  # the evaluation just run, area 'all', 100 detections
+    return out
 
 
 def evaluate_predictions(predict: Callable[[torch.Tensor], list[dict]], dataset: CocoDetectionSet,
                          category_ids: list[int] | None = None, batch_size: int = 8, limit: int | None = None,
-                         progress: bool = False) -> dict:
-    """mAP@[.50:.95] and mAP@.50 of any `predict(images) -> detections` (0-based labels) on `dataset`."""
+                         progress: bool = False, per_image: bool = False) -> dict:
+    """mAP@[.50:.95] and mAP@.50 of any `predict(images) -> detections` (0-based labels) on `dataset`; with
+    `per_image`, also "matches" (see `coco_map`)."""
     category_ids = category_ids or dataset.category_ids
     results, ids = [], []
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -56,10 +67,11 @@ def evaluate_predictions(predict: Callable[[torch.Tensor], list[dict]], dataset:
                                   desc="evaluate", unit="batch", disable=not progress, leave=False):
             results += to_coco_results(predict(x), samples, category_ids)
             ids += [s["image_id"] for s in samples]
-    return coco_map(dataset, results, ids)
+    return coco_map(dataset, results, ids, per_image=per_image)
 
 
 def evaluate_map(detector: Detector, dataset: CocoDetectionSet, batch_size: int = 8, limit: int | None = None,
-                 progress: bool = False) -> dict:
-    """mAP of the detector in PyTorch."""
-    return evaluate_predictions(detector.predict, dataset, detector.category_ids, batch_size, limit, progress)
+                 progress: bool = False, per_image: bool = False) -> dict:
+    """mAP of the detector in PyTorch (with `per_image`, also "matches", see `coco_map`)."""
+    return evaluate_predictions(detector.predict, dataset, detector.category_ids, batch_size, limit, progress,
+                                per_image=per_image)

@@ -2,8 +2,10 @@
 
 - `StudySettings` and its presets (`paper`, `quick`, `demo`) — `xprune.study.settings`
 - `run_study(settings)` -> study.json (+ raw bench docs, scores) — `xprune.study.sweep`, which runs
-  `variants` (rankings, plans, distinct variants), `measure` (mAP, complexity, export + fold), `timing`
-  (interleaved runs per backend), `peer` (Ultralytics' own export), `rows` and `stats`
+  `variants` (rankings, plans, distinct variants), `measure` (mAP in PyTorch and ONNX Runtime, complexity,
+  export + fold), `intervals` (bootstrap intervals of every mAP and paired ΔmAP), `timing` (interleaved runs per
+  backend, each round in a seeded order), `peer` (Ultralytics' own export), `rows` and `stats`; `dataset` (the
+  val split's object sizes next to COCO's) and `threads` (torch's thread count kept) serve it
 - `write_report(study.json)` -> report.md + PNG figures, every number read from the JSON — `xprune.study.report`
 - the options `xprune study` and `benchmarks/reproduce.py` share — `xprune.study.options`
 """

@@ -1,5 +1,7 @@
-"""What a study measures of each variant outside the timed runs: mAP (PyTorch, and ONNX Runtime when asked for),
-params and MACs by ptflops, and the ONNX export with xprune's fold, checked against PyTorch on a random input.
+"""What a study measures of each variant outside the timed runs: mAP in PyTorch and, for accuracy models, of the
+exported file through ONNX Runtime (each with its per-image evaluation, for the bootstrap intervals), params and
+MACs by ptflops, and the ONNX export with xprune's fold, checked against PyTorch on a random input. For two-stage
+models, the proposals that survive the RPN on that input: their work depends on it.
 
 `evaluation_row` is the same measurement for one model on its own (`xprune evaluate`), with its PyTorch latency.
 """
@@ -26,35 +28,54 @@ def max_rel_error(a, b) -> float:
     return out
 
 
-def accuracy_and_complexity(det: Detector, val, batch_size: int, progress: bool) -> dict:
-    """mAP in PyTorch on `val` (skipped when it is None) and ptflops' dense params and MACs."""
+def accuracy_and_complexity(det: Detector, val, batch_size: int, progress: bool, per_image: bool = False) -> dict:
+    """mAP in PyTorch on `val` (skipped when it is None) and ptflops' dense params and MACs; with `per_image`, the
+    per-image evaluation too (under "matches", not JSON)."""
     from xprune.evaluate.complexity import complexity
     from xprune.evaluate.coco_map import evaluate_map
 
     out = {}
     if val is not None:
-        m = evaluate_map(det, val, batch_size=batch_size, progress=progress)
+        m = evaluate_map(det, val, batch_size=batch_size, progress=progress, per_image=per_image)
         out.update({"map": m["map"], "map50": m["map50"], "val_images": m["images"]})
+        if per_image:
+            out["matches"] = m["matches"]
     cx = complexity(det)
     out.update({"params": cx["params"], "macs": cx["macs"]})
     return out
 
 
 def onnxruntime_map(path: Path, det: Detector, val, threads: int | None, progress: bool,
-                    runner_type: type | None = None) -> dict:
+                    runner_type: type | None = None, per_image: bool = False) -> dict:
     """mAP of an ONNX file through ONNX Runtime at batch 1 and the shared post-process (`runner_type`: an
-    OnnxRuntimeRunner subclass that adapts another exporter's outputs)."""
+    OnnxRuntimeRunner subclass that adapts another exporter's outputs); with `per_image`, also "matches"."""
     from xprune.evaluate.coco_map import evaluate_predictions
     from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
     runner_type = runner_type or OnnxRuntimeRunner
     with runner_type(path, threads=threads, nms_iou=det.nms_iou) as r:
-        return evaluate_predictions(r.predict, val, det.category_ids, batch_size=1, progress=progress)
+        return evaluate_predictions(r.predict, val, det.category_ids, batch_size=1, progress=progress,
+                                    per_image=per_image)
 
 
-def export_variant(v: Variant, name: str, work: Path, settings: StudySettings) -> None:
+def is_two_stage(det: Detector) -> bool:
+    """A region-proposal model: how much work its second stage does depends on what the RPN lets through."""
+    return getattr(det.model, "rpn", None) is not None
+
+
+def probe_input(size: int) -> np.ndarray:
+    """The fixed random input every variant's export is checked on (and its proposals counted on)."""
+    return np.random.default_rng(1).random((1, 3, size, size), dtype=np.float32)
+
+
+def probe_outputs(det: Detector) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [o.numpy() for o in det.raw(torch.from_numpy(probe_input(det.input_size)))]
+
+
+def export_variant(v: Variant, name: str, work: Path, settings: StudySettings, reference: list[np.ndarray]) -> None:
     """Export the variant (folded unless it is the baseline), record what the fold removed, and check the file
-    against PyTorch on one random input; with `onnx_zeroed`, also export it unfolded."""
+    against PyTorch's outputs on the probe input (`reference`); with `onnx_zeroed`, also export it unfolded."""
     from xprune.export.onnx_export import export_onnx
     from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
@@ -65,12 +86,8 @@ def export_variant(v: Variant, name: str, work: Path, settings: StudySettings) -
                    "macs_before_fold": rep["macs_before"], "effective_macs": rep["macs_after"],
                    "params_after_fold": rep["params"], "removed_mac_fraction": rep["removed_mac_fraction"],
                    "dead_outputs": rep["dead_outputs"]})
-    size = v.detector.input_size
-    probe = np.random.default_rng(1).random((1, 3, size, size), dtype=np.float32)
-    with torch.no_grad():
-        reference = [o.numpy() for o in v.detector.raw(torch.from_numpy(probe))]
     with OnnxRuntimeRunner(v.onnx, threads=settings.threads) as r:
-        v.info["onnx_max_rel_error_vs_torch"] = max_rel_error(reference, r.infer(probe))
+        v.info["onnx_max_rel_error_vs_torch"] = max_rel_error(reference, r.infer(probe_input(v.detector.input_size)))
     if settings.onnx_zeroed and fold:
         v.onnx_zeroed = work / f"{name}-{v.id}-zeroed.onnx"
         export_onnx(v.detector, v.onnx_zeroed, fold=False)
@@ -85,16 +102,26 @@ def measure_variants(name: str, variants: list[Variant], val, work: Path, settin
         v.info.update({"id": v.id, "method": v.method, "layers": list(v.layers), "uses": [list(u) for u in v.uses]})
         if val is not None:
             log(f"{tag}: mAP (PyTorch, {len(val)} val images)")
-        v.info.update(accuracy_and_complexity(v.detector, val, settings.batch_size, settings.progress))
+        measured = accuracy_and_complexity(v.detector, val, settings.batch_size, settings.progress, per_image=True)
+        if "matches" in measured:
+            v.matches["torch"] = measured.pop("matches")
+        v.info.update(measured)
+        two_stage = is_two_stage(v.detector)
+        if not exports and not two_stage:
+            continue
+        reference = probe_outputs(v.detector)
+        if two_stage:  # the raw heads are padded to the most proposals any image kept: the second stage's work
+            v.info["proposals_probe"] = int(reference[0].shape[1])
         if not exports:
             continue
         log(f"{tag}: ONNX export{'' if v.is_baseline else ' + fold'}")
-        export_variant(v, name, work, settings)
+        export_variant(v, name, work, settings, reference)
         if onnx_accuracy:
             assert v.onnx is not None
             log(f"{tag}: mAP (ONNX Runtime, batch 1)")
-            m = onnxruntime_map(v.onnx, v.detector, val, settings.threads, settings.progress)
-            v.info.update({"onnx_map": m["map"], "onnx_map50": m["map50"]})
+            m = onnxruntime_map(v.onnx, v.detector, val, settings.threads, settings.progress, per_image=True)
+            v.info.update({"onnx_map": m["map"], "onnx_map50": m["map50"], "onnx_val_images": m["images"]})
+            v.matches["onnxruntime"] = m["matches"]
             if v.onnx_zeroed is not None:  # the same runtime on the unfolded file: what folding changed
                 m = onnxruntime_map(v.onnx_zeroed, v.detector, val, settings.threads, settings.progress)
                 v.info.update({"zeroed_onnx_map": m["map"], "zeroed_onnx_map50": m["map50"]})

@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, CALIB_IMAGES, CRITERIA, LATENCY, QUICK_IMAGES,
-                                   QUICK_RATES, RATES, SPEED_INPUT_SIZE, SPEED_LATENCY, SPEED_MODELS, SPEED_RATES,
-                                   STUDY_FILE, Log, StudySettings)
+from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA, LATENCY,
+                                   MIN_VAL_IMAGES, QUICK_IMAGES, QUICK_RATES, RATES, SPEED_INPUT_SIZE, SPEED_LATENCY,
+                                   SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log, StudySettings)
 
 
 def _listed(values) -> str:
@@ -28,7 +28,8 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
                     help=f"rates for speed-only (random-init) models (default: {_listed(SPEED_RATES)})")
     ap.add_argument("--speed-size", type=int, default=None,
                     help=f"input size of speed-only models (default: {SPEED_INPUT_SIZE})")
-    ap.add_argument("--val-images", type=int, default=None, help="default: the whole val split (200)")
+    ap.add_argument("--val-images", type=int, default=None,
+                    help=f"default: the whole val split (intervals get wide below {MIN_VAL_IMAGES})")
     ap.add_argument("--calib-images", type=int, default=None, help=f"default: {CALIB_IMAGES}")
     ap.add_argument("--runs", type=int, default=None,
                     help=f"timed runs per variant (accuracy models; default: {LATENCY.runs})")
@@ -38,8 +39,13 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
                     help=f"timed runs per variant (speed-only models; default: {SPEED_LATENCY.runs})")
     ap.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
     ap.add_argument("--no-peer", action="store_true", help="skip the Ultralytics export comparison")
-    ap.add_argument("--onnx-map", action="store_true",
-                    help="also measure mAP through ONNX Runtime for every variant (adds ~40%% to accuracy models)")
+    ap.add_argument("--onnx-map", action=argparse.BooleanOptionalAction, default=None,
+                    help="measure every variant's exported file through ONNX Runtime for the ONNX Runtime table's "
+                         "mAP (default: on; --no-onnx-map reports PyTorch's mAP there instead)")
+    ap.add_argument("--resamples", type=int, default=None,
+                    help=f"bootstrap resamples of the val images per mAP interval (default: {BOOTSTRAP_RESAMPLES})")
+    ap.add_argument("--order-seed", type=int, default=None,
+                    help="seed of the order each interleaved round runs its targets in (default: 0)")
     ap.add_argument("--backends", nargs="+", default=None, help=f"default: {_listed(BACKENDS)}")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the exported ONNX files in OUT/onnx")
     ap.add_argument("--quick", action="store_true",
@@ -59,9 +65,10 @@ def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySetti
     recorded in the results."""
     from xprune.reference import reference_models
 
-    changes = {"data": Path(args.data) if args.data else None, "threads": args.threads, "onnx_map": args.onnx_map,
+    changes = {"data": Path(args.data) if args.data else None, "threads": args.threads,
                "peer": not args.no_peer, "keep_onnx": args.keep_onnx, "command": args.command,
-               **_given(models=args.models, criteria=tuple(args.criteria) if args.criteria else None,
+               **_given(onnx_map=args.onnx_map, bootstrap_resamples=args.resamples, order_seed=args.order_seed,
+                        models=args.models, criteria=tuple(args.criteria) if args.criteria else None,
                         rates=tuple(args.rates) if args.rates else None, val_images=args.val_images,
                         calib_images=args.calib_images, backends=tuple(args.backends) if args.backends else None)}
     if args.quick:

@@ -40,9 +40,11 @@ from xprune.files import atomic_path, file_sha256
 from xprune.models.detector import Detector, postprocess
 from xprune.models.yolo import decode_yolo_output, quiet_ultralytics_env
 from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
+from xprune.study.threads import torch_threads_kept
 
 if TYPE_CHECKING:
     from xprune.bench.run import Target
+    from xprune.study.intervals import Intervals
     from xprune.study.settings import Log, StudySettings
     from xprune.study.variants import Variant
 
@@ -98,7 +100,9 @@ def export_ultralytics_onnx(detector: Detector, out: str | Path, class_names: li
         level = ul_logger.level
         ul_logger.setLevel(logging.ERROR)
         try:
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            # the exporter's select_device sets torch's thread count; later PyTorch timings need it back
+            with torch_threads_kept(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                    warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 exported = YOLO(str(ckpt), task="detect").export(format="onnx", imgsz=detector.input_size,
                                                                  device="cpu")
@@ -187,16 +191,20 @@ def export_peer(det: Detector, work: Path, data: Path, settings: StudySettings, 
 
 
 def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant], val, det: Detector,
-                 settings: StudySettings, log: Log) -> dict:
+                 settings: StudySettings, log: Log, intervals: Intervals | None = None) -> dict:
     """The peer record completed from the ONNX Runtime run it was timed in: its latency, xprune's baseline and
-    every pruned variant against it, and (for accuracy models, `val` given) its mAP."""
+    every pruned variant against it, and (for accuracy models, `val` given) its mAP, with intervals when
+    `intervals` is given: the peer's mAP, and the paired difference from xprune's unpruned export. The
+    comparisons read mAP on ONNX Runtime, the peer's runtime, when the variants were measured there."""
     from xprune.study.measure import onnxruntime_map
     from xprune.study.stats import latency_fields, paired_summary, pct_change
     from xprune.study.variants import BASELINE, BASELINE_COPY
 
     out = dict(record)
     peer = by_id[PEER]
-    out.update({**latency_fields(peer), "samples_file_row": PEER})
+    runtime = peer.get("backend") if isinstance(peer.get("backend"), dict) else {}
+    out.update({**latency_fields(peer), "samples_file_row": PEER, "threads": runtime.get("threads"),
+                "runtime": runtime})
     base_row = by_id[BASELINE]
     out["xprune_baseline_vs_peer"] = paired_summary(base_row, peer)
     out["xprune_baseline_fps"] = base_row["fps"]
@@ -206,12 +214,22 @@ def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant],
     accuracy = val is not None
     if accuracy:
         log(f"[{det.family}] peer: mAP through ONNX Runtime + shared post-process")
-        m = onnxruntime_map(path, det, val, settings.threads, settings.progress, UltralyticsOnnxRunner)
+        m = onnxruntime_map(path, det, val, settings.threads, settings.progress, UltralyticsOnnxRunner,
+                            per_image=True)
         out.update({"map": m["map"], "map50": m["map50"], "val_images": m["images"]})
         if "onnx_map" not in base.info and base.onnx is not None:  # compared with xprune's export on one runtime
             log(f"[{det.family}] mAP of xprune's baseline ONNX through ONNX Runtime")
-            mb = onnxruntime_map(base.onnx, det, val, settings.threads, settings.progress)
+            mb = onnxruntime_map(base.onnx, det, val, settings.threads, settings.progress, per_image=True)
             base.info.update({"onnx_map": mb["map"], "onnx_map50": mb["map50"]})
+            base.matches["onnxruntime"] = mb["matches"]
+        if intervals is not None:
+            low, high = intervals.map_interval(m["matches"])
+            out.update({"map_low": low, "map_high": high})
+            if "onnxruntime" in base.matches:  # xprune's unpruned export minus the peer, the same images
+                d, low, high = intervals.delta_interval(m["matches"], base.matches["onnxruntime"])
+                out["xprune_baseline_minus_peer_map"] = {"delta": d, "low": low, "high": high}
+    on_onnx = accuracy and "onnx_map" in base.info and all("onnx_map" in v.info for v in variants[1:])
+    prefix = "onnx_" if on_onnx else ""
     comparisons = []
     for v in variants[1:]:
         row = by_id[v.id]
@@ -224,9 +242,16 @@ def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant],
                 "latency_ratio_p90": ratio["p90"], "faster": ratio["median"] < 1.0,
                 "clearly_faster": ratio["p90"] < 1.0,
                 "removed_mac_fraction": v.info.get("removed_mac_fraction"),
-                "map": v.info.get("map") if accuracy else None,
-                "map_lost": (base.info["map"] - v.info["map"]) if accuracy else None,
-                "dmap_pct": pct_change(v.info.get("map"), base.info.get("map")) if accuracy else None})
+                "map": v.info.get(prefix + "map") if accuracy else None,
+                "map_source": ("onnxruntime" if on_onnx else "torch") if accuracy else None,
+                "map_lost": (base.info[prefix + "map"] - v.info[prefix + "map"]) if accuracy else None,
+                # the ΔmAP interval turned round: what was lost, low to high
+                "map_lost_low": 0.0 - v.info[prefix + "dmap_high"] if accuracy and prefix + "dmap_high" in v.info
+                else None,
+                "map_lost_high": 0.0 - v.info[prefix + "dmap_low"] if accuracy and prefix + "dmap_low" in v.info
+                else None,
+                "dmap_pct": pct_change(v.info.get(prefix + "map"), base.info.get(prefix + "map"))
+                if accuracy else None})
     comparisons.sort(key=lambda c: (c["method"], c["rate"]))
     out["comparisons"] = comparisons
     out["baseline_map"] = base.info.get("map") if accuracy else None

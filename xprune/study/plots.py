@@ -8,6 +8,8 @@
 - macs-vs-map.png          effective MACs (after folding) vs mAP (MobileNetV2 report Fig. 2)
 - fps-vs-map-<backend>.png FPS vs mAP per model (paper Fig. 3, MobileNetV2 report Fig. 3); the Ultralytics peer is
                            drawn on the ONNX Runtime plot
+- object-sizes.png         the val split's object sizes: the small/medium/large mix next to COCO's, and the histogram
+                           of box side over image side
 """
 
 from __future__ import annotations
@@ -101,9 +103,18 @@ def rate_sweep_map(study: dict, path: Path) -> Path | None:
     for ax, m in zip(axes, models):
         for method in study["settings"]["criteria"]:
             rows = sorted(_rows(study, model=m["model"], backend=backend, method=method), key=lambda r: r["rate"])
-            xs = [0.0] + [100 * r["rate"] for r in rows if r["dmap_pct"] is not None]
-            ys = [0.0] + [r["dmap_pct"] for r in rows if r["dmap_pct"] is not None]
+            rows = [r for r in rows if r["dmap_pct"] is not None]
+            xs = [0.0] + [100 * r["rate"] for r in rows]
+            ys = [0.0] + [r["dmap_pct"] for r in rows]
             ax.plot(xs, ys, "o-", color=color(method), label=method)
+            # the paired 95% interval of ΔmAP, as % of the baseline's mAP (map - dmap)
+            bars = [(100 * r["rate"], r["dmap_pct"], 100 * r["dmap_low"] / (r["map"] - r["dmap"]),
+                     100 * r["dmap_high"] / (r["map"] - r["dmap"])) for r in rows
+                    if r.get("dmap_low") is not None and r.get("dmap") is not None and r["map"] - r["dmap"] > 0]
+            if bars:
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
+                            yerr=[[max(b[1] - b[2], 0.0) for b in bars], [max(b[3] - b[1], 0.0) for b in bars]],
+                            fmt="none", ecolor=color(method), elinewidth=1, capsize=3, alpha=0.7)
         _rate_axes(ax, f"{m['model']}: mAP change vs pruning rate", "Δ mAP@[.50:.95] vs baseline (%)", 8)
     return _save(fig, path)
 
@@ -190,6 +201,35 @@ def fps_vs_map(study: dict, backend: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def object_sizes(study: dict, path: Path) -> Path | None:
+    d = study.get("dataset_stats") or {}
+    if not d.get("fractions"):
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    groups = ["small", "medium", "large"]
+    x = list(range(len(groups)))
+    left.bar([i - 0.2 for i in x], [100 * d["fractions"].get(g, 0.0) for g in groups], 0.4, label="this val split",
+             color="tab:blue")
+    coco = d.get("coco_fractions") or {}
+    if coco:
+        left.bar([i + 0.2 for i in x], [100 * coco.get(g, 0.0) for g in groups], 0.4, label="COCO", color="0.6")
+    left.set_xticks(x, ["small\n< 32² px", "medium\n32²–96² px", "large\n≥ 96² px"])
+    left.set_ylabel("% of objects")
+    left.set_title("Object sizes by COCO's area rule")
+    left.legend(fontsize=8)
+    h = d.get("histogram") or {}
+    if h.get("counts"):
+        edges = h["edges"]
+        right.bar(edges[:-1], h["counts"], [b - a for a, b in zip(edges, edges[1:])], align="edge",
+                  color="tab:blue", edgecolor="white")
+        right.set_xlabel(h.get("of", "box size"))
+        right.set_ylabel("objects")
+        right.set_title(f"Histogram ({d.get('objects', sum(h['counts']))} objects)")
+    else:
+        right.set_visible(False)
+    return _save(fig, path)
+
+
 def make_plots(study: dict, out_dir: str | Path) -> dict[str, Path]:
     """Every figure the report embeds; {name: path}. Figures without data (no accuracy model) are left out."""
     out = Path(out_dir)
@@ -202,4 +242,5 @@ def make_plots(study: dict, out_dir: str | Path) -> dict[str, Path]:
     figs["macs-vs-map"] = macs_vs_map(study, out / "macs-vs-map.png")
     for b in BACKENDS:
         figs[f"fps-vs-map-{b}"] = fps_vs_map(study, b, out / f"fps-vs-map-{b}.png")
+    figs["object-sizes"] = object_sizes(study, out / "object-sizes.png")
     return {k: v for k, v in figs.items() if v is not None}

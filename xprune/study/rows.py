@@ -10,19 +10,30 @@ from xprune.study.variants import Variant
 
 def variant_row(name: str, accuracy: bool, backend: str, v: Variant, method: str, rate: float, t: dict, b: dict,
                 base: Variant) -> dict:
-    """One row: `t` is the variant's results row in the backend's timed run, `b` the baseline's."""
+    """One row: `t` is the variant's results row in the backend's timed run, `b` the baseline's. mAP is the one
+    measured on this backend's runtime where there is one (ONNX Runtime), else PyTorch's ("map_source"); its
+    interval and the paired ΔmAP interval against the baseline come from the same evaluation."""
     info, binfo = v.info, base.info
-    map_key = "onnx_map" if backend == "onnxruntime" and "onnx_map" in info else "map"
-    mp = info.get(map_key) if accuracy else None
-    mp50 = info.get(map_key + "50") if accuracy else None
-    bmp = binfo.get(map_key) if accuracy else None
+    prefix = "onnx_" if backend == "onnxruntime" and "onnx_map" in info else ""
+    acc = (lambda key: info.get(prefix + key)) if accuracy else (lambda key: None)
+    mp = acc("map")
+    bmp = binfo.get(prefix + "map") if accuracy else None
     ratio = None if v.is_baseline else paired_summary(t, b)
     variant = "baseline" if v.is_baseline else ("zeroed" if backend == "torch" else "folded")
+    described = t.get("backend")
+    runtime: dict = described if isinstance(described, dict) else {}
     return {"model": name, "accuracy": accuracy, "backend": backend, "device": t["device"],
             "precision": t["precision"], "method": method, "rate": rate, "variant_id": v.id, "variant": variant,
-            "layers_zeroed": len(v.layers), "map": mp, "map50": mp50,
-            "map_source": (("onnxruntime" if map_key == "onnx_map" else "torch") if accuracy else None),
+            "layers_zeroed": len(v.layers), "map": mp, "map_low": acc("map_low"), "map_high": acc("map_high"),
+            "map50": acc("map50"),
+            "map_source": (("onnxruntime" if prefix else "torch") if accuracy else None),
+            "val_images": (info.get("onnx_val_images" if prefix else "val_images")) if accuracy else None,
+            "dmap": None if v.is_baseline else acc("dmap"),
+            "dmap_low": None if v.is_baseline else acc("dmap_low"),
+            "dmap_high": None if v.is_baseline else acc("dmap_high"),
             "dmap_pct": None if v.is_baseline else pct_change(mp, bmp),
+            "threads": runtime.get("threads", t.get("threads")), "runtime": runtime,
+            "proposals_probe": info.get("proposals_probe"),
             "median_ms": t["median_ms"], "p90_ms": t["p90_ms"], "fps": t["fps"], "n": t["n"],
             "dfps_pct": None if v.is_baseline else pct_change(t["fps"], b["fps"]),
             "paired_ratio": ratio["median"] if ratio else None,
@@ -33,8 +44,9 @@ def variant_row(name: str, accuracy: bool, backend: str, v: Variant, method: str
 
 
 def model_rows(name: str, accuracy: bool, variants: list[Variant], timings: dict[str, dict],
-               settings: StudySettings) -> list[dict]:
-    """Every row of one model; `timings` holds, per backend, its results rows by variant id."""
+               settings: StudySettings, orders: dict[str, dict] | None = None) -> list[dict]:
+    """Every row of one model; `timings` holds, per backend, its results rows by variant id, `orders` the seed of
+    each backend's interleaved order."""
     base = variants[0]
     rows = []
     for backend, by_id in timings.items():
@@ -42,6 +54,7 @@ def model_rows(name: str, accuracy: bool, variants: list[Variant], timings: dict
         for v in variants:
             for method, rate in v.uses:
                 row = variant_row(name, accuracy, backend, v, method, rate, by_id[v.id], b, base)
+                row["order_seed"] = (orders or {}).get(backend, {}).get("seed")
                 row["shared_with"] = [list(u) for u in v.uses if u != (method, rate)]
                 zeroed = by_id.get(f"{v.id}-zeroed") if backend == "onnxruntime" and not v.is_baseline else None
                 if settings.onnx_zeroed and zeroed:
@@ -60,7 +73,10 @@ def _cell(value, fmt: str) -> str:
 TABLE_COLUMNS = (  # header, width, row key or function, format
     ("model", -18, "model", ""), ("backend", -13, "backend", ""), ("method", -9, "method", ""),
     ("variant", -8, "variant", ""), ("rate", 6, "rate", ".2f"), ("mAP", 8, "map", ".4f"),
-    ("mAP50", 8, "map50", ".4f"), ("dmAP%", 8, "dmap_pct", "+.2f"), ("params", 11, "params", ","),
+    ("mAP50", 8, "map50", ".4f"), ("dmAP%", 8, "dmap_pct", "+.2f"),
+    ("dmAP 95% CI", 19, lambda r: None if r.get("dmap_low") is None
+     else f"{r['dmap_low']:+.3f}..{r['dmap_high']:+.3f}", ""),
+    ("params", 11, "params", ","),
     ("GMACs", 8, lambda r: r["macs"] / 1e9, ".3f"),
     ("eff.GMACs", 10, lambda r: None if r["effective_macs"] is None else r["effective_macs"] / 1e9, ".3f"),
     ("ms", 9, "median_ms", ".2f"), ("ratio", 7, "paired_ratio", ".3f"),

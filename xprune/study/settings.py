@@ -4,11 +4,16 @@ The defaults are the protocol of the committed study (`benchmarks/results/study/
 entry point (`xprune study`, `xprune demo`, `benchmarks/reproduce.py`) starts from them. The presets are named
 constructors:
 
-- `StudySettings.paper(out)`  the paper's sweep as committed: two accuracy models with reference checkpoints, two
-  speed-only families (random init) at fewer rates and a shorter latency protocol;
+- `StudySettings.paper(out)`  the paper's sweep as committed: the models with reference checkpoints get accuracy
+  rows, the others (random init) speed-only rows at fewer rates and a shorter latency protocol; every val image;
 - `StudySettings.quick(out)`  a smoke run: random-init YOLOv8n at 64 px, two rates, three timed runs, eight images;
 - `StudySettings.demo(out)`   every reference model at one rate on PyTorch and ONNX Runtime, with the zeroed-only
-  ONNX timed and mAP measured through ONNX Runtime too.
+  ONNX timed and mAP measured through ONNX Runtime too, on at most `DEMO_VAL_IMAGES` val images.
+
+The measurement protocol every preset shares: mAP of every variant in PyTorch and, for accuracy models, of its
+exported ONNX file through ONNX Runtime; a bootstrap interval over images for every mAP and a paired one for every
+ΔmAP against the baseline; every interleaved round in an order drawn from `order_seed`; the thread count and the
+runner's description in every row.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from xprune.runtime.registry import BACKENDS as RUNTIME_BACKENDS
 
 Log = Callable[[str], None]  # where a study reports progress
 
-FORMAT = "xprune-study-1"
+FORMAT = "xprune-study-2"
+READABLE_FORMATS = ("xprune-study-1", FORMAT)  # the report still draws studies from before the intervals
 STUDY_FILE = "study.json"
 BACKENDS = tuple(RUNTIME_BACKENDS)
 FIGURE_RATE = 0.05  # the paper's rate: the layers marked in the importance figure (Fig. 2)
@@ -35,6 +41,9 @@ CRITERIA = ("l1", "attr")
 RATES = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)  # the paper's sweep
 SPEED_RATES = (0.05, 0.10)
 CALIB_IMAGES = 32
+MIN_VAL_IMAGES = 300  # fewer val images than this make mAP intervals too wide to tell the criteria apart
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
 BATCH_SIZE = 8
 SPEED_INPUT_SIZE = 256
 LATENCY = LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=60, min_s=3.0)
@@ -49,6 +58,7 @@ DEMO_RATE = 0.05
 DEMO_CALIB_IMAGES = 64
 DEMO_LATENCY_RUNS = 100
 DEMO_BACKENDS = ("torch", "onnxruntime")
+DEMO_VAL_IMAGES = 100  # the demo's cap: three mAP passes per variant must fit its five minutes on a 2-core CPU
 
 
 @dataclass
@@ -65,6 +75,7 @@ class StudySettings:
     data: Path | None = None
     calib_images: int = CALIB_IMAGES
     val_images: int | None = None  # None: the whole val split
+    val_cap_reason: str | None = None  # why a preset evaluates fewer images than the split has (the report says it)
     batch_size: int = BATCH_SIZE
     # Weights: committed reference checkpoints (accuracy rows) unless use_reference is False; `weights` names
     # checkpoints explicitly ({model: path}, accuracy rows too). Anything else is random init: speed-only rows.
@@ -77,8 +88,11 @@ class StudySettings:
     speed_latency: LatencyProtocol | None = None  # protocol for speed-only families (None: `latency`)
     threads: int | None = None  # torch and ONNX Runtime intra-op threads (None: torch's current / all cores)
     aa_control: bool = True  # time the baseline twice per backend (the noise floor of the comparison)
-    onnx_map: bool = False  # also measure mAP through ONNX Runtime for every variant (accuracy models; the fold is
-    #                         exact, so this repeats the PyTorch number up to NMS ties: off by default)
+    order_seed: int = 0  # each interleaved round runs its targets in an order drawn from this seed (recorded)
+    onnx_map: bool = True  # mAP through ONNX Runtime of every variant's exported file (accuracy models): the ONNX
+    #                        Runtime table reports what that runtime detects, not the PyTorch figure
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES  # resamples of the val images for every mAP and ΔmAP interval
+    confidence: float = CONFIDENCE
     onnx_zeroed: bool = False  # also time the zeroed-only (unfolded) ONNX of every variant
     peer: bool = True  # Ultralytics' own ONNX export of YOLOv8 models, in the same ONNX Runtime run
     trt_fp16: bool = False
@@ -119,7 +133,14 @@ class StudySettings:
         runs = DEMO_LATENCY_RUNS if latency_runs is None else latency_runs
         # a short run is for a look, not a measurement: it skips the minimum timed seconds
         latency = LatencyProtocol(runs=runs, min_s=3.0 if runs >= 100 else 0.0)
-        preset: dict[str, Any] = {"backends": DEMO_BACKENDS, "onnx_map": True, "onnx_zeroed": True, "peer": False}
+        preset: dict[str, Any] = {"backends": DEMO_BACKENDS, "onnx_map": True, "onnx_zeroed": True, "peer": False,
+                                  "val_images": DEMO_VAL_IMAGES,
+                                  "val_cap_reason": f"the demo evaluates at most {DEMO_VAL_IMAGES} val images so "
+                                                    "that it runs in a few minutes on a small CPU"}
+        if changes.get("val_images") is None:  # not given: the demo's cap
+            changes.pop("val_images", None)
+        else:
+            changes.setdefault("val_cap_reason", None)
         return cls(out=Path(out), models=names, rates=(rate,), latency=latency,
                    calib_images=calib_images or DEMO_CALIB_IMAGES, **{**preset, **changes})
 
@@ -155,6 +176,14 @@ class StudySettings:
         for m in self.weights:
             if m not in self.models:
                 raise XpruneError(f"weights given for {m}, which is not in the study's models")
+        if self.val_images is not None and self.val_images < 1:
+            raise XpruneError(f"val_images must be at least 1, got {self.val_images}")
+        if self.order_seed < 0:
+            raise XpruneError(f"the timing order seed must be >= 0, got {self.order_seed}")
+        if self.bootstrap_resamples < 100:
+            raise XpruneError(f"bootstrap_resamples must be at least 100, got {self.bootstrap_resamples}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise XpruneError(f"confidence must be in [0.5, 1), got {self.confidence}")
 
     def rates_for(self, accuracy: bool) -> tuple[float, ...]:
         return tuple(self.rates if accuracy else (self.speed_rates or self.rates))

@@ -74,3 +74,19 @@ def agreement(layer_scores: dict, plans: dict[str, dict[float, Plan | Infeasible
             out[f"{a}-vs-{b}"] = {"spearman": spearman(sa, sb), "per_rate": per_rate,
                                   "bottom_overlap": overlap(bottom_a, bottom_b)}
     return out
+
+
+def zero_scores(layer_scores: dict) -> dict:
+    """Per criterion, how many layers score exactly 0: of all conv layers, of the candidates, and of the bottom
+    (`bottom_rate`) of the candidates. A criterion whose bottom is all zeros ranks nothing there: it has found
+    layers the data never uses, and any order among them is arbitrary."""
+    mask = layer_scores["candidate"]
+    out = {}
+    for method, c in layer_scores["criteria"].items():
+        by_layer = dict(zip(layer_scores["layers"], c["scores"]))
+        out[method] = {"layers": sum(1 for s in c["scores"] if s == 0),
+                       "candidates": sum(1 for s, m in zip(c["scores"], mask) if m and s == 0),
+                       "candidate_total": sum(1 for m in mask if m),
+                       "bottom": sum(1 for n in c["bottom"] if by_layer[n] == 0), "bottom_size": len(c["bottom"]),
+                       "bottom_rate": c["bottom_rate"]}
+    return out

@@ -4,29 +4,35 @@ Efficient Object Detection" (sections 3-4, Table 2, Figs 1-3), measured honestly
 For every model: score each conv layer once per criterion, then for every pruning rate zero the bottom of that one
 ranking (safe candidate policy: the rates are prefixes of the same greedy selection), and measure
 
-- accuracy: mAP@[.50:.95] and mAP@.50 in PyTorch on the dataset's val split (only for models with trained weights:
-  a committed reference checkpoint or a checkpoint the caller names; random-init families are speed-only rows,
-  marked `"accuracy": false`);
+- accuracy: mAP@[.50:.95] and mAP@.50 in PyTorch on the dataset's val split and, with `onnx_map` (the default),
+  of every variant's exported file through ONNX Runtime, each with a bootstrap interval over the images and, for
+  pruned variants, a paired interval of ΔmAP against the baseline on the same runtime (`intervals`); only for
+  models with trained weights: a committed reference checkpoint or a checkpoint the caller names; random-init
+  families are speed-only rows, marked `"accuracy": false`;
 - complexity: params and MACs by ptflops (dense: zeroing changes neither), and the MACs left after xprune's exact
   fold of the exported ONNX graph ("effective MACs");
 - latency and FPS per backend: PyTorch eager CPU (the zeroed model, dense compute: the paper's setting), ONNX
   Runtime CPU (the folded export) and TensorRT when `require_tensorrt()` passes. Every variant of one model is
-  timed interleaved in one process per backend (`xprune.bench.run.bench(..., interleave=True)`), beside an A/A
-  control (the baseline timed twice), and every sample is kept in `bench/<model>-<backend>.json`.
+  timed interleaved in one process per backend (`xprune.bench.run.bench(..., interleave=True)`), each round in an
+  order drawn from `order_seed`, beside an A/A control (the baseline timed twice), and every sample is kept in
+  `bench/<model>-<backend>.json`. Every row records the thread count and the runner's `describe()`; torch's thread
+  count is held at the study's for the whole run (`threads.torch_threads_kept`).
 
 For YOLOv8 models a peer - the same weights exported by Ultralytics' own ONNX exporter (`xprune.study.peer`) - is
 timed in the same ONNX Runtime run and its mAP measured through the shared post-process.
 
-The study file (`study.json`, format `xprune-study-1`) is rewritten atomically after every model, with
+The study file (`study.json`, format `xprune-study-2`) is rewritten atomically after every model, with
 `"complete": false` until the last one is done; `xprune.study.report` renders it.
 
 Per model the pipeline reads: score and plan (`variants.rank_layers`) -> distinct variants
-(`variants.distinct_variants`) -> mAP, complexity, export + fold (`measure.measure_variants`) -> interleaved timing
-per backend with the peer (`timing`, `peer`) -> rows and agreement (`rows`, `stats`) -> study.json.
+(`variants.distinct_variants`) -> mAP, complexity, export + fold (`measure.measure_variants`) -> intervals
+(`intervals.add_intervals`) -> interleaved timing per backend with the peer (`timing`, `peer`) -> rows and
+agreement (`rows`, `stats`) -> study.json.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -41,11 +47,13 @@ from xprune.bench.latency import LatencyProtocol
 from xprune.errors import XpruneError
 from xprune.files import display_path, write_json
 from xprune.models.detector import Detector
+from xprune.study.intervals import Intervals, add_intervals
 from xprune.study.measure import measure_variants
 from xprune.study.rows import model_rows
-from xprune.study.settings import FORMAT, STUDY_FILE, Log, StudySettings
-from xprune.study.stats import agreement
-from xprune.study.timing import aa_control, backends_block, time_backend
+from xprune.study.settings import FORMAT, MIN_VAL_IMAGES, STUDY_FILE, Log, StudySettings
+from xprune.study.stats import agreement, zero_scores
+from xprune.study.threads import torch_threads_kept
+from xprune.study.timing import aa_control, backends_block, time_backend, timing_order
 from xprune.study.variants import Variant, distinct_variants, plan_brief, rank_layers
 
 
@@ -84,11 +92,11 @@ def load_model(name: str, data: Path, settings: StudySettings) -> tuple[Detector
 
 
 def time_variants(name: str, det: Detector, variants: list[Variant], val, data: Path, work: Path, backends: dict,
-                  protocol: LatencyProtocol, settings: StudySettings, command: str, log: Log
-                  ) -> tuple[dict, dict, dict, dict | None]:
+                  protocol: LatencyProtocol, settings: StudySettings, command: str, log: Log,
+                  intervals: Intervals | None = None) -> tuple[dict, dict, dict, dict, dict | None]:
     """Every available backend in turn, each an interleaved run written to OUT/bench/<model>-<backend>.json; the
     peer joins the ONNX Runtime run. Returns the rows by variant id per backend, the A/A controls, the bench
-    files and the peer record."""
+    files, the timing order of each run and the peer record."""
     from xprune.bench.results import write_results
     from xprune.study.peer import export_peer, is_yolo, peer_results
 
@@ -96,10 +104,15 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
     timings: dict[str, dict] = {}
     controls: dict[str, dict] = {}
     bench_files: dict[str, str] = {}
+    orders: dict[str, dict] = {}
     peer = None
+    threads = torch.get_num_threads()  # the study's count, held since run_study started
     for backend in settings.backends:
         if not backends[backend]["available"]:
             continue
+        if torch.get_num_threads() != threads:  # something outside torch_threads_kept changed it
+            log(f"[{name}] warning: torch threads changed to {torch.get_num_threads()}; set back to {threads}")
+            torch.set_num_threads(threads)
         peer_record, peer_target = None, None
         if backend == "onnxruntime" and settings.peer and is_yolo(det):
             peer_record, peer_target = export_peer(det, work, data, settings, log)
@@ -111,13 +124,14 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
         write_results(path, doc)
         bench_files[backend] = str(path.relative_to(out))
         timings[backend] = by_id
+        orders[backend] = timing_order(doc)
         control = aa_control(by_id)
         if control is not None:
             controls[backend] = control
         if peer_record is not None:
             peer = peer_record if peer_target is None else peer_results(
-                peer_record, peer_target.path, by_id, variants, val, det, settings, log)
-    return timings, controls, bench_files, peer
+                peer_record, peer_target.path, by_id, variants, val, det, settings, log, intervals)
+    return timings, controls, bench_files, orders, peer
 
 
 def run_model(name: str, data: Path, work: Path, backends: dict, settings: StudySettings, command: str,
@@ -136,6 +150,8 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
     val = CocoDetectionSet.from_folder(data, "val", size, limit=settings.val_images) if accuracy else None
     if val is not None and det.category_ids is None and det.num_classes != val.num_classes:
         raise XpruneError(f"{name} has {det.num_classes} classes, the dataset {val.num_classes}")
+    if val is not None and len(val) < MIN_VAL_IMAGES and settings.val_cap_reason is None:
+        log(f"[{name}] warning: {len(val)} val images; mAP intervals are wide below {MIN_VAL_IMAGES}")
 
     ranks = rank_layers(det, calib, rates, weights.get("path") or "random-init", settings,
                         Path(settings.out) / "scores", log)
@@ -144,10 +160,15 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
     log(f"[{name}] {len(pruned)} distinct pruned variants for {sum(len(v.uses) for v in pruned)} "
         "(criterion, rate) pairs")
     measure_variants(name, variants, val, work, settings, log)
-    timings, controls, bench_files, peer = time_variants(name, det, variants, val, data, work, backends, protocol,
-                                                         settings, command, log)
-    rows = model_rows(name, accuracy, variants, timings, settings)
+    intervals = Intervals(settings.bootstrap_resamples, settings.confidence) if val is not None else None
+    if intervals is not None:
+        add_intervals(name, variants, intervals, log)
+    timings, controls, bench_files, orders, peer = time_variants(name, det, variants, val, data, work, backends,
+                                                                 protocol, settings, command, log, intervals)
+    rows = model_rows(name, accuracy, variants, timings, settings, orders)
     model_doc = {"model": name, "input_size": size, "accuracy": accuracy,
+                 "val_images": len(val) if val is not None else None,
+                 "intervals": intervals.describe() if intervals is not None else None,
                  "weights": weights, "num_classes": det.num_classes, "rates": list(rates),
                  "latency_protocol": asdict(protocol), "conv_layers": len(ranks.layer_scores["layers"]),
                  "candidates": sum(ranks.layer_scores["candidate"]),
@@ -155,16 +176,32 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
                  "plans": {m: {f"{r:g}": plan_brief(p) for r, p in by_rate.items()}
                            for m, by_rate in ranks.plans.items()},
                  "infeasible": infeasible, "variants": [v.info for v in variants],
-                 "layer_scores": ranks.layer_scores, "agreement": agreement(ranks.layer_scores, ranks.plans, rates),
-                 "controls": controls, "bench_files": bench_files, "seconds": round(time.perf_counter() - t_model, 1)}
+                 "layer_scores": ranks.layer_scores, "zero_scores": zero_scores(ranks.layer_scores),
+                 "agreement": agreement(ranks.layer_scores, ranks.plans, rates),
+                 "controls": controls, "bench_files": bench_files, "timing_order": orders,
+                 "seconds": round(time.perf_counter() - t_model, 1)}
     return model_doc, rows, peer
 
 
+def dataset_block(data: Path, settings: StudySettings) -> dict:
+    """study.json's "dataset_stats": the val split's object sizes next to COCO's (`dataset.dataset_size_stats`)."""
+    from xprune.study.dataset import dataset_size_stats
+    try:
+        return dataset_size_stats(data, "val", settings.val_images)
+    except XpruneError as e:  # a speed-only study may run on a dataset without a val split
+        return {"available": False, "reason": str(e)}
+
+
 def run_study(settings: StudySettings, log: Log = print) -> Path:
-    """Run the study; returns the path of the study results JSON (OUT/study.json)."""
+    """Run the study; returns the path of the study results JSON (OUT/study.json). torch's thread count is
+    `settings.threads` (or the one found) for the whole run, whatever a library does to it, and is put back
+    afterwards."""
     settings.validate()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    with torch_threads_kept(settings.threads):
+        return _run_study(settings, log)
+
+
+def _run_study(settings: StudySettings, log: Log) -> Path:
     t0 = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +213,9 @@ def run_study(settings: StudySettings, log: Log = print) -> Path:
         log(f"tensorrt: unavailable ({trt['reason']})")
     doc: dict[str, Any] = {
         "format": FORMAT, "complete": False, "command": command, "environment": environment(),
-        "settings": settings.describe(), "dataset": display_path(data), "backends": backends,
+        "settings": settings.describe(), "dataset": display_path(data), "dataset_stats": dataset_block(data, settings),
+        "threads": {"torch": torch.get_num_threads(), "onnxruntime": settings.threads or os.cpu_count()},
+        "backends": backends,
         "tensorrt": (f"available (TensorRT {trt['version']})" if trt and trt["available"]
                      else f"unavailable ({trt['reason']})" if trt else "not requested"),
         "models": [], "rows": [], "peer": None}

@@ -1,5 +1,7 @@
 """Timing a model's variants on each backend: what each backend runs of a variant, every variant of one model
-interleaved in one process (`xprune.bench.run.bench`), beside an A/A control (the baseline timed twice).
+interleaved in one process (`xprune.bench.run.bench`), beside an A/A control (the baseline timed twice). Each
+round runs the targets in an order drawn from the study's `order_seed` (`xprune.bench.drift.round_order`), so the
+A/A copy does not always follow the baseline; the seed and every round's order are kept with the samples.
 
 A backend of `xprune.runtime.registry` joins the study with an entry in `STUDY_BACKENDS`: the facts study.json
 records about it and how it opens a variant. Files go through the registry (`open_target`), so the runner is the
@@ -37,7 +39,10 @@ class Timed:
 def torch_facts(version: str, settings: StudySettings) -> dict:
     import torch
 
-    return {"device": "cpu", "threads": torch.get_num_threads(), "version": version}
+    # OpenMP's wait policy decides whether idle torch threads spin; on a busy small CPU spinning threads slow
+    # every op many times over (ONNX Runtime's spinning is off in the study), so it is recorded
+    return {"device": "cpu", "threads": torch.get_num_threads(), "version": version,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def onnxruntime_facts(version: str, settings: StudySettings) -> dict:
@@ -118,7 +123,8 @@ def backends_block(settings: StudySettings) -> dict:
 
 
 def timed_targets(backend: str, variants: list[Variant], aa_control: bool) -> list[Timed]:
-    """Every variant in order (each followed by its unfolded ONNX where that runs), the A/A copy second."""
+    """Every variant in order (each followed by its unfolded ONNX where that runs), the A/A copy second (the
+    order within a round is drawn per round when timed: this is only the order of the results rows)."""
     spec = STUDY_BACKENDS[backend]
     out = []
     for v in variants:
@@ -143,10 +149,26 @@ def time_backend(backend: str, model: str, variants: list[Variant], extra: list[
             target.info["variant"] = BASELINE_COPY
         targets.append((t.variant_id, target))
     targets += [(t.info["variant_id"], t) for t in extra]
-    doc = bench([t for _, t in targets], BenchSettings(protocol=protocol, interleave=True, threads=settings.threads),
-                command=command)
+    doc = bench([t for _, t in targets], BenchSettings(protocol=protocol, interleave=True, threads=settings.threads,
+                                                       order_seed=settings.order_seed), command=command)
     by_source = {r["source"]: r for r in doc["rows"]}
     return doc, {vid: by_source[t.info["source"]] for vid, t in targets}
+
+
+def timing_order(doc: dict) -> dict:
+    """The seed and each timed round's order of one interleaved run, by variant id (study.json "timing_order")."""
+    ids = [r.get("variant_id", r["source"]) for r in doc["rows"]]
+    orders = doc["protocol"].get("round_orders") or []
+    return {"seed": doc["protocol"].get("order_seed"), "targets": ids, "round_orders": orders,
+            "copy_right_after_baseline": _follows(ids, orders, BASELINE_COPY, BASELINE)}
+
+
+def _follows(ids: list[str], orders: list[list[int]], second: str, first: str) -> int | None:
+    """In how many rounds `second` ran right after `first` (None when either was not timed)."""
+    if second not in ids or first not in ids:
+        return None
+    a, b = ids.index(first), ids.index(second)
+    return sum(1 for o in orders if o.index(b) == o.index(a) + 1)
 
 
 def aa_control(by_id: dict) -> dict | None:

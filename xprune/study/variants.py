@@ -20,7 +20,8 @@ BASELINE_COPY = "baseline-copy"  # the baseline timed a second time: the A/A con
 @dataclass
 class Variant:
     """One distinct model measured: the baseline or one set of zeroed layers. `info` is its entry in study.json;
-    `onnx` its export (folded unless it is the baseline), `onnx_zeroed` the unfolded export when asked for."""
+    `onnx` its export (folded unless it is the baseline), `onnx_zeroed` the unfolded export when asked for;
+    `matches` its per-image evaluations by runtime ("torch", "onnxruntime"), from which intervals are drawn."""
 
     id: str
     method: str
@@ -30,6 +31,7 @@ class Variant:
     info: dict = field(default_factory=dict)
     onnx: Path | None = None
     onnx_zeroed: Path | None = None
+    matches: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_baseline(self) -> bool:

@@ -11,6 +11,7 @@ import torch
 from cli_helpers import one_line_error, run_cli
 from xprune.cli import main
 from xprune.errors import XpruneError
+from xprune.evaluate.bootstrap import ImageMatches
 from xprune.models import build_detector, save_checkpoint
 from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 from xprune.runtime.registry import BACKENDS, backend_for
@@ -40,6 +41,9 @@ def test_bench_writes_raw_samples_environment_and_map(tiny, synth_data, tmp_path
     for r in doc["rows"]:
         assert len(r["samples_ms"]) >= 5 and r["median_ms"] > 0 and r["val_images"] == 4
         assert 0.0 <= r["map"] <= 1.0
+        # the per-image evaluation the accuracy gate bootstraps over: the same mAP, on the same images
+        matches = ImageMatches.from_json(r["map_matches"])
+        assert matches.map() == r["map"] and len(matches.image_ids) == 4
         backend = r["backend"]
         assert set(backend) == {"backend", "version", "device", "precision", "threads"}
         assert (backend["backend"], backend["device"], backend["precision"]) == (r["engine"], "cpu", "fp32")

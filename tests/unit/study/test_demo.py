@@ -40,9 +40,16 @@ def test_demo_rows_cover_every_model_method_and_backend(demo_run):
             ("onnxruntime", "attr", "folded")}
         assert all(r["rate"] == 0.05 for r in mine if r["method"] != "baseline")
         by = {(r["backend"], r["method"]): r for r in mine}
+        for (backend, method), r in by.items():  # every mAP has its interval; every ΔmAP its paired one
+            assert r["map_low"] <= r["map"] <= r["map_high"] and r["val_images"] == 8
+            if method != "baseline":
+                assert r["dmap_low"] <= r["dmap"] <= r["dmap_high"]
+                assert r["dmap"] == pytest.approx(r["map"] - by[(backend, "baseline")]["map"], abs=1e-12)
         for method in ("l1", "attr"):
             folded = by[("onnxruntime", method)]
             assert folded["map_source"] == "onnxruntime"
+            assert folded["map"] == next(v for v in next(m for m in study["models"] if m["model"] == model)
+                                         ["variants"] if v["id"] == folded["variant_id"])["onnx_map"]
             assert folded["zeroed_onnx_fps"] > 0 and folded["zeroed_onnx_paired_ratio"] > 0  # the zeroed-only ONNX
             assert abs(folded["map"] - folded["zeroed_onnx_map"]) <= 1e-3, "folding must not change what it detects"
             assert folded["effective_macs"] < folded["macs"]

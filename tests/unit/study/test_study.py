@@ -81,9 +81,33 @@ def test_study_writes_json_bench_docs_report_and_figures(study):
     keys = {(r["backend"], r["method"], r["rate"]) for r in doc["rows"]}
     assert keys == {(b, m, r) for b in ("torch", "onnxruntime") for m in ("l1", "attr") for r in (0.02, 0.05)} | {
         ("torch", "baseline", 0.0), ("onnxruntime", "baseline", 0.0)}
-    for name in ("report.md", "importance-yolov8n.png", "rate-sweep-fps.png"):
+    for name in ("report.md", "importance-yolov8n.png", "rate-sweep-fps.png", "object-sizes.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "scores" / "yolov8n-attr.json").is_file()
+
+
+@pytest.mark.slow
+def test_every_row_records_threads_runner_and_timing_order(study):
+    path, _ = study
+    doc = load_study(path)
+    m = doc["models"][0]
+    assert doc["threads"]["torch"] == torch.get_num_threads()  # the run put torch's count back as it found it
+    for r in doc["rows"]:
+        assert r["threads"] == r["runtime"]["threads"] and r["threads"] >= 1
+        assert r["runtime"]["backend"] == r["backend"] and r["order_seed"] == 0
+    assert all(r["threads"] == doc["threads"]["torch"] for r in doc["rows"] if r["backend"] == "torch")
+    for backend, rel in m["bench_files"].items():
+        bench = read_results(path.parent / rel)
+        order = m["timing_order"][backend]
+        assert bench["protocol"]["order_seed"] == order["seed"] == 0
+        assert order["round_orders"] == bench["protocol"]["round_orders"]
+        assert len(order["round_orders"]) == len(bench["rows"][0]["samples_ms"])
+        assert order["targets"] == [r["variant_id"] for r in bench["rows"]]
+    assert set(m["zero_scores"]) == {"l1", "attr"}
+    stats = doc["dataset_stats"]
+    assert abs(sum(stats["fractions"].values()) - 1.0) < 1e-9 and stats["coco_fractions"]["small"] == 0.41
+    md = (path.parent / "report.md").read_text()
+    assert "## Dataset: object sizes" in md and "scores exactly 0 for" in md
 
 
 @pytest.mark.slow
@@ -129,11 +153,15 @@ def test_report_numbers_are_the_json_numbers(study):
             method = cells[1].replace(" †", "")
             rate = 0.0 if cells[2] == DASH else float(cells[2].rstrip("%")) / 100
             r = next(r for r in rows if r["method"] == method and abs(r["rate"] - rate) < 1e-9)
-            assert _num(cells[6]) == pytest.approx(r["fps"], abs=0.005)
-            assert cells[8] == DASH if r["dfps_pct"] is None else _num(cells[8]) == pytest.approx(r["dfps_pct"], abs=0.0501)
-            assert _num(cells[10]) == r["params"]
-            assert _num(cells[11]) == pytest.approx(r["macs"] / 1e9, abs=5e-4)
-            assert _num(cells[12]) == pytest.approx(r["effective_macs"] / 1e9, abs=5e-4)
+            assert _num(cells[10]) == pytest.approx(r["fps"], abs=0.005)
+            if r["dfps_pct"] is None:
+                assert cells[11] == DASH
+            else:
+                assert _num(cells[11]) == pytest.approx(r["dfps_pct"], abs=0.0501)
+            assert _num(cells[13]) == r["params"]
+            assert _num(cells[14]) == pytest.approx(r["macs"] / 1e9, abs=5e-4)
+            assert _num(cells[15]) == pytest.approx(r["effective_macs"] / 1e9, abs=5e-4)
+            assert int(cells[16]) == r["threads"]
     # the peer section is there, from the same ONNX Runtime run
     peer = doc["peer"]
     assert peer["available"] and peer["export"]["exporter"] == "ultralytics"
@@ -150,15 +178,25 @@ def test_report_accuracy_columns_come_from_the_json(study):
     doc = copy.deepcopy(load_study(study[0]))
     doc["models"][0]["accuracy"] = True
     for i, r in enumerate(doc["rows"]):
+        base = r["method"] == "baseline"
         r.update(accuracy=True, map=0.5 - 0.01 * i, map50=0.7 - 0.01 * i, map_source="torch",
-                 dmap_pct=None if r["method"] == "baseline" else -1.25 * i)
+                 map_low=0.45 - 0.01 * i, map_high=0.55 - 0.01 * i,
+                 dmap=None if base else -0.01 * i, dmap_low=None if base else -0.02 * i,
+                 dmap_high=None if base else 0.001 * i, dmap_pct=None if base else -1.25 * i)
     md = render(doc, {})
     table = _table_rows(md, "Table 2 — PyTorch")
     for cells, r in zip(table, [r for r in doc["rows"] if r["backend"] == "torch"]):
         assert cells[0] == "yolov8n"
         assert _num(cells[4]) == pytest.approx(r["map"], abs=5e-5)
-        assert _num(cells[5]) == pytest.approx(r["map50"], abs=5e-5)
-        assert cells[7] == DASH if r["dmap_pct"] is None else _num(cells[7]) == pytest.approx(r["dmap_pct"], abs=0.0501)
+        assert [_num(c) for c in cells[5].split(" – ")] == pytest.approx([r["map_low"], r["map_high"]], abs=5e-5)
+        assert _num(cells[6]) == pytest.approx(r["map50"], abs=5e-5)
+        if r["dmap"] is None:
+            assert cells[7] == cells[8] == cells[9] == DASH
+        else:
+            assert float(cells[7]) == pytest.approx(r["dmap"], abs=5e-5)
+            low, high = (float(c) for c in cells[8].split(" – "))
+            assert (low, high) == pytest.approx((r["dmap_low"], r["dmap_high"]), abs=5e-5)
+            assert _num(cells[9]) == pytest.approx(r["dmap_pct"], abs=0.0501)
 
 
 def test_prefix_plans_equal_independent_plans():

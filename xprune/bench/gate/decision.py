@@ -1,4 +1,5 @@
-"""The gate's decision: pair the rows of two results files, compare each pair, decide per row and for the file."""
+"""The gate's decision: pair the rows of two results files, compare each pair (latency, and mAP when asked),
+decide per row and for the file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 
+from xprune.bench.gate.accuracy import AccuracyVerdict, check_accuracy_params, judge_accuracy
 from xprune.bench.gate.render import verdict_markdown
 from xprune.bench.gate.statistics import median_ratio, spread
 from xprune.bench.results import ROW_KEY, describe_key, row_key, validate
@@ -31,11 +33,16 @@ class RowVerdict:
     ci_high: float             # one-sided upper bound at `confidence`
     n_baseline: int
     n_current: int
-    decision: str              # "regression", "inconclusive", "pass", "improvement"
+    decision: str              # latency: "regression", "inconclusive", "pass", "improvement"
     baseline_median_ms: float  # the model's own medians, for the reader, in either mode
     current_median_ms: float
     reference_ratio: float | None = None  # relative mode: how much slower the reference ran in current
     reference_spread: float | None = None  # max over both files of the reference samples' p90 / median
+    accuracy: AccuracyVerdict | None = None  # with max_map_drop: the mAP comparison, decided on its own
+
+    @property
+    def regressed(self) -> bool:
+        return self.decision == "regression" or (self.accuracy is not None and self.accuracy.decision == "regression")
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Verdict:
     seed: int
     unmatched_baseline: list[str] = field(default_factory=list)
     unmatched_current: list[str] = field(default_factory=list)
+    max_map_drop: float | None = None  # the accuracy gate's tolerance; None: latency only
 
     @property
     def exit_code(self) -> int:
@@ -59,6 +67,7 @@ class Verdict:
         out = [f"inconclusive: {r.label} is {100 * (r.ratio - 1):+.1f}% but the run is too noisy to tell "
                f"(CI lower bound {r.ci_low:.3f} <= 1); rerun with more samples" for r in self.rows
                if r.decision == "inconclusive"]
+        out += accuracy_warnings(self.rows)
         out += [f"contended: {r.label}: the reference workload's p90 is {r.reference_spread:.2f}x its median, so the "
                 f"machine was busy with other work while measuring; treat this ratio with suspicion" for r in self.rows
                 if r.reference_spread is not None and r.reference_spread > CONTENDED_SPREAD]
@@ -75,6 +84,20 @@ class Verdict:
     def to_markdown(self, max_rows: int = 20) -> str:
         """One screen for $GITHUB_STEP_SUMMARY: decision, a row table, warnings, the method."""
         return verdict_markdown(self, max_rows)
+
+
+def accuracy_warnings(rows) -> list[str]:
+    return [f"inconclusive: {r.label} lost {100 * -r.accuracy.delta:.2f} mAP points, but on {r.accuracy.images} "
+            f"images the interval still reaches no change (upper bound {100 * r.accuracy.delta_high:+.2f}); "
+            f"evaluate on more images" for r in rows if r.accuracy is not None and r.accuracy.decision == "inconclusive"]
+
+
+def accuracy_method(max_map_drop: float | None, confidence: float, map_resamples: int) -> str:
+    if max_map_drop is None:
+        return ""
+    return (f" Accuracy: delta = mAP(current) - mAP(baseline) on the same images with {100 * confidence:g}% "
+            f"one-sided bounds from a paired bootstrap over images ({map_resamples} resamples); a row regresses "
+            f"when delta < -{max_map_drop:g} and the upper bound < 0.")
 
 
 def decide(ratio: float, ci_low: float, ci_high: float, max_regression: float) -> str:
@@ -159,13 +182,17 @@ def _check_same_reference(baseline_doc: dict, current_doc: dict) -> None:
 
 
 def gate(baseline_doc: dict, current_doc: dict, max_regression: float = 0.05, confidence: float = 0.95,
-         resamples: int = 2000, seed: int = 0, relative: Relative = "auto") -> Verdict:
+         resamples: int = 2000, seed: int = 0, relative: Relative = "auto", max_map_drop: float | None = None,
+         map_resamples: int = 1000) -> Verdict:
     """Compare two benchmark results documents (see `xprune.bench.results`).
 
     relative: "auto" (default) compares model/reference per sample for every row pair where both rows carry
     `reference_samples_ms` and absolute milliseconds elsewhere; True requires reference samples on every pair
-    (XpruneError otherwise); False always compares milliseconds. Deterministic for a given seed."""
+    (XpruneError otherwise); False always compares milliseconds. With `max_map_drop`, every pair must also carry
+    its per-image evaluation (`xprune bench --data`), and a row whose mAP fell by more than that regresses too.
+    Deterministic for a given seed."""
     _check_params(max_regression, confidence, resamples, relative)
+    check_accuracy_params(max_map_drop, map_resamples)
     validate(baseline_doc, "baseline")
     validate(current_doc, "current")
     base_rows, cur_rows = _index(baseline_doc, "baseline"), _index(current_doc, "current")
@@ -178,14 +205,20 @@ def gate(baseline_doc: dict, current_doc: dict, max_regression: float = 0.05, co
                        np.random.default_rng([seed, i])) for i, key in enumerate(common)]
     if any(r.mode == "relative" for r in rows):
         _check_same_reference(baseline_doc, current_doc)
+    if max_map_drop is not None:
+        for r, key in zip(rows, common):
+            r.accuracy = judge_accuracy(base_rows[key], cur_rows[key], r.label, max_map_drop, confidence,
+                                        map_resamples, seed)
 
     stat = {"absolute": "latency in ms", "relative": "per-sample latency / reference-workload latency"}
     method = (f"ratio = median(current) / median(baseline) of "
               f"{' or '.join(stat[m] for m in sorted({r.mode for r in rows}))}; "
               f"{100 * confidence:g}% one-sided percentile-bootstrap bounds ({resamples} resamples per side, "
-              f"seed {seed}); a row regresses when ratio > {1 + max_regression:g} and the lower bound > 1.")
-    return Verdict(rows=rows, decision="regression" if any(r.decision == "regression" for r in rows) else "pass",
+              f"seed {seed}); a row regresses when ratio > {1 + max_regression:g} and the lower bound > 1."
+              + accuracy_method(max_map_drop, confidence, map_resamples))
+    return Verdict(rows=rows, decision="regression" if any(r.regressed for r in rows) else "pass",
                    method=method, max_regression=float(max_regression), confidence=float(confidence),
                    resamples=resamples, seed=seed,
                    unmatched_baseline=[describe_key(k) for k in base_rows if k not in cur_rows],
-                   unmatched_current=[describe_key(k) for k in cur_rows if k not in base_rows])
+                   unmatched_current=[describe_key(k) for k in cur_rows if k not in base_rows],
+                   max_map_drop=None if max_map_drop is None else float(max_map_drop))
