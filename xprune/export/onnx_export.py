@@ -27,7 +27,12 @@ OUTPUT_NAMES = ["boxes", "scores"]
 
 
 def export_raw(detector: Detector, batch: int = 1, opset: int = OPSET) -> onnx.ModelProto:
-    """Trace the raw head path to an ONNX model held in memory (files over 2 GB are not expected here)."""
+    """Trace the raw head path to an ONNX model held in memory (files over 2 GB are not expected here): by
+    torch.onnx, or by jax2onnx for a JAX detector; the passes after it are the same."""
+    from xprune.models.jax import is_jax
+    if is_jax(detector):
+        from xprune.models.jax.export import export_raw as export_raw_jax
+        return export_raw_jax(detector, batch, opset)
     detector.model.eval()
     x = torch.rand(batch, 3, detector.input_size, detector.input_size)
     with tempfile.TemporaryDirectory(prefix="xprune-export-") as tmp:

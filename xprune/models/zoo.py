@@ -28,6 +28,7 @@ class Family:
     build: Callable[[int, int], Detector]  # (num_classes, input_size) -> randomly initialised detector
     load_official: Callable[[int], Detector] | None  # (input_size) -> detector with official weights
     about: str
+    framework: str = "torch"  # "jax": the model is a Flax module (extra `jax`; see xprune.models.jax)
 
 
 def _ssd_family(backbone: str) -> Callable[[int, int], Detector]:
@@ -92,6 +93,11 @@ def _yolo_family(scale: str) -> tuple[Callable[[int, int], Detector], Callable[[
     return build, load
 
 
+def _tinyssd_jax(num_classes: int, size: int) -> Detector:
+    from xprune.models.jax.detector import build_tinyssd
+    return build_tinyssd(num_classes, size)
+
+
 def _families() -> dict[str, Family]:
     fams = {
         "ssd-mobilenetv2": Family("ssd-mobilenetv2", 320, _ssd_family("mobilenetv2"), None,
@@ -113,6 +119,9 @@ def _families() -> dict[str, Family]:
     for scale in "nsmlx":
         build, load = _yolo_family(scale)
         fams[f"yolov8{scale}"] = Family(f"yolov8{scale}", 640, build, load, f"Ultralytics YOLOv8{scale}")
+    fams["tinyssd-jax"] = Family("tinyssd-jax", 320, _tinyssd_jax, None,
+                                 'TinySSD in JAX/Flax nnx (pip install "xprune[jax]"; no official weights)',
+                                 framework="jax")
     return fams
 
 
@@ -129,6 +138,9 @@ def build_detector(name: str, weights: str = "none", num_classes: int | None = N
                    input_size: int | None = None) -> Detector:
     """weights: 'none' (random init), 'default' (official pretrained, via the library's own loader) or a path."""
     fam = family(name)
+    if fam.framework == "jax":
+        from xprune.models.jax import require_jax
+        require_jax()  # before anything else: without the extra, one line naming it
     if input_size is not None and (input_size < 32 or input_size % 32):
         raise XpruneError(f"input size must be a positive multiple of 32, got {input_size}")
     if weights == "none":
@@ -172,6 +184,11 @@ def _load_ultralytics_pt(name: str, path: Path, size: int) -> Detector:
 def load_checkpoint(path: str | os.PathLike, name: str, input_size: int | None = None) -> Detector:
     path = Path(path)
     fam = family(name)
+    if fam.framework == "jax":
+        from xprune.models.jax import require_jax
+        require_jax()
+        from xprune.models.jax import checkpoint
+        return checkpoint.load_checkpoint(path, name, fam.build, input_size)
     ckpt = _torch_load(path)
     if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
         if ckpt["family"] != name:
@@ -193,6 +210,10 @@ def load_checkpoint(path: str | os.PathLike, name: str, input_size: int | None =
 
 def save_checkpoint(det: Detector, path: str | os.PathLike, meta: dict | None = None, half: bool = False) -> None:
     """Save weights and the settings needed to rebuild; `half` stores floats as fp16 (for small committed files)."""
+    from xprune.models.jax import is_jax
+    if is_jax(det):
+        from xprune.models.jax import checkpoint
+        return checkpoint.save_checkpoint(det, path, meta, half)  # type: ignore[arg-type]
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in det.model.state_dict().items()}
     ckpt = {"format": CHECKPOINT_FORMAT, "family": det.family, "num_classes": det.num_classes,
             "input_size": det.input_size, "category_ids": det.category_ids, "state_dict": state,

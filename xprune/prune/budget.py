@@ -15,23 +15,38 @@ in k: a layer whose removal hurts can be followed by one whose removal happens t
 
 Every measured k is reported with its rate, mAP and drop. The layers are zeroed in place for each evaluation
 (`plan.zeroed`) and restored afterwards, so `evaluate` sees the caller's detector object.
+
+With fine-tuning (`iterative_search`), a plan's accuracy is what it has after recovery training, and training
+changes the weights the next plan starts from, so the search walks upward instead: zero the next step of layers
+from the same walk, fine-tune with every zeroed layer held at zero, measure; keep the step if the drop is within
+budget, else restore the weights of the last kept plan and retry with half the step, down to one layer. It stops
+at the largest plan it kept, and records every step it tried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
 
 from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
 from xprune.evaluate.coco_map import evaluate_map
-from xprune.files import write_json
+from xprune.files import read_json, write_json
 from xprune.models.detector import Detector
-from xprune.prune.plan import Infeasible, Plan, Selection, check_rate, layers_for_rate, zeroed
+from xprune.prune.plan import Infeasible, Plan, Selection, apply_plan, check_rate, layers_for_rate, zeroed
+
+if TYPE_CHECKING:
+    from xprune.prune.branches import FoldAnalysis
+    from xprune.prune.finetune import FinetuneSettings
 
 # Slack on the drop comparison: COCOeval's mAP is a mean of interpolated precisions, 1e-9 is far below its
 # resolution but absorbs float noise such as 0.5 - 0.49 > 0.01.
@@ -85,8 +100,23 @@ def held_out_split(root: str | Path, size: int, images: int, skip: int = 0) -> C
     return data
 
 
+class SearchRecord:
+    """What both searches share: a `plan` field beside the record of how it was chosen."""
+
+    plan: Plan | None
+
+    def record(self) -> dict:
+        """The search without its plan: what the chosen plan stores as `budget`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan"}  # type: ignore[arg-type]
+
+    def to_json(self) -> dict:
+        doc = self.record()
+        doc["plan"] = self.plan.to_json() if self.plan is not None else None
+        return doc
+
+
 @dataclass
-class BudgetSearch:
+class BudgetSearch(SearchRecord):
     """What `search_rate` measured and chose. `plan` is the plan at the chosen rate (None when no k >= 1 is within
     budget); everything else is the search record a plan chosen this way carries as its `budget`."""
 
@@ -104,25 +134,19 @@ class BudgetSearch:
     plan: Plan | None
     seconds: float
 
-    def record(self) -> dict:
-        """The search without its plan: what the chosen plan stores as `budget`."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan"}
-
-    def to_json(self) -> dict:
-        doc = {f.name: getattr(self, f.name) for f in fields(self)}
-        doc["plan"] = self.plan.to_json() if self.plan is not None else None
-        return doc
 
 
 def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector], float], max_map_drop: float,
                 policy: str = "safe", rates: Sequence[float] | None = None, max_rate: float | None = None,
-                lookahead: int = 3, log: Callable[[str], None] | None = None) -> BudgetSearch:
+                lookahead: int = 3, log: Callable[[str], None] | None = None, rank: str = "plain",
+                fold: FoldAnalysis | None = None) -> BudgetSearch:
     """The largest pruning rate whose mAP drop on the caller's held-out split is at most `max_map_drop`.
 
     evaluate(detector) -> mAP (a fraction, e.g. COCO mAP@[.5:.95] from `evaluate_map(...)["map"]`) on the held-out
     split (`held_out_split`); called once for the baseline and once per measured k, with the layers zeroed in
     place. rates=None: bisection + linear lookahead over k (module docstring), up to max_rate if given;
-    rates=[...]: measure exactly those rates (k = `layers_for_rate(rate, candidates)`, as `plan_pruning`)."""
+    rates=[...]: measure exactly those rates (k = `layers_for_rate(rate, candidates)`, as `plan_pruning`).
+    rank and fold: the ranking of the candidates (see `Selection`)."""
     t0 = time.perf_counter()
     max_map_drop = check_max_map_drop(max_map_drop)
     if lookahead < 1:
@@ -132,7 +156,7 @@ def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector],
     if rates is not None and max_rate is not None:
         raise XpruneError("pass either rates (a grid) or max_rate (a bound on the bisection), not both")
     say = log or (lambda message: None)
-    selection = Selection(detector, scores, policy)
+    selection = Selection(detector, scores, policy, rank, fold)
     n = selection.candidates
     top = n - 1  # plan rates are < 1
     if max_rate is not None:
@@ -205,7 +229,8 @@ def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector],
 
 def budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_map_drop: float,
                 policy: str = "safe", held_out_images: int = 64, max_rate: float | None = None,
-                search_report: str | Path | None = None, log: Callable[[str], None] | None = None) -> Plan:
+                search_report: str | Path | None = None, log: Callable[[str], None] | None = None,
+                rank: str = "plain", fold: FoldAnalysis | None = None) -> Plan:
     """The plan at the largest rate whose COCO mAP drop on DATA's held-out calib images (`held_out_split`, after
     the images the scores were computed on) stays within `max_map_drop`; it carries the search as `budget`.
     The search is written to `search_report` when given, also when no rate fits (then XpruneError)."""
@@ -214,13 +239,178 @@ def budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_m
         raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
     held = held_out_split(data, detector.input_size, held_out_images, skip=scored_calib_images(scores, data))
     search = search_rate(detector, scores, lambda d: evaluate_map(d, held)["map"], max_map_drop, policy,
-                         max_rate=max_rate, log=log)
+                         max_rate=max_rate, log=log, rank=rank, fold=fold)
     if search_report is not None:
         write_json(search_report, search.to_json())
     if search.plan is None:
         where = f" (search written to {search_report})" if search_report is not None else ""
         raise XpruneError(f"no rate keeps the mAP drop within {max_map_drop}{where}")
     return dataclasses.replace(search.plan, budget=search.record())
+
+
+@dataclass
+class IterativeSearch(SearchRecord):
+    """What `iterative_search` tried and kept. `path`: every step in order (the layers it added, the folded MACs
+    where known, mAP with the layers zeroed and after fine-tuning, the drop, kept or not); `plan`: the largest plan
+    kept (None when no step stayed within budget)."""
+
+    search: str  # "iterative+finetune"
+    policy: str
+    rank: str
+    max_map_drop: float
+    candidates: int
+    max_k: int
+    step: int  # layers in the first step
+    finetune: dict[str, Any]
+    baseline_map: float
+    path: list[dict[str, Any]]
+    chosen: dict[str, Any]  # k, rate, map, drop
+    rate: float | None
+    plan: Plan | None
+    seconds: float
+
+
+
+def check_step_rate(step_rate: float) -> float:
+    if isinstance(step_rate, bool) or not isinstance(step_rate, (int, float)) or not 0.0 < step_rate < 1.0:
+        raise XpruneError(f"--step-rate must be in (0, 1) (a fraction of the candidate layers), got {step_rate}")
+    return float(step_rate)
+
+
+def iterative_search(detector: Detector, scores: dict, evaluate: Callable[[Detector], float],
+                     finetune: Callable[[Detector, list[str], int], dict], max_map_drop: float,
+                     step_rate: float = 0.05, policy: str = "safe", rank: str = "plain",
+                     fold: FoldAnalysis | None = None, max_rate: float | None = None,
+                     finetune_record: dict | None = None, log: Callable[[str], None] | None = None) -> IterativeSearch:
+    """Alternate zeroing the next round(step_rate x candidates) layers of the walk and fine-tuning, keeping each
+    step whose mAP drop after fine-tuning is within `max_map_drop` (module docstring).
+
+    evaluate(detector) -> mAP on the held-out split; finetune(detector, layers, step) trains in place with `layers`
+    (the whole plan so far) held at zero and returns a record for the path. The detector is left with the weights
+    of the largest plan kept (its layers zeroed, fine-tuned), or as it came when none was kept."""
+    t0 = time.perf_counter()
+    max_map_drop = check_max_map_drop(max_map_drop)
+    step_rate = check_step_rate(step_rate)
+    say = log or (lambda message: None)
+    selection = Selection(detector, scores, policy, rank, fold)
+    n = selection.candidates
+    top = n - 1 if max_rate is None else min(n - 1, round(check_rate(max_rate) * n))
+    first = step = max(1, round(step_rate * n))
+    kept_state = _snapshot(detector)
+    baseline = _measure(evaluate, detector)
+    say(f"baseline mAP {baseline:.4f} ({n} candidate layers, budget {max_map_drop:.4f}, steps of {step} layers)")
+    path: list[dict[str, Any]] = []
+    kept: dict[str, Any] = {"k": 0, "rate": 0.0, "map": baseline, "drop": 0.0}
+    kept_plan: Plan | None = None
+    while kept["k"] < top:
+        k = min(kept["k"] + step, top)
+        plan = selection.plan(k)
+        if isinstance(plan, Infeasible):
+            say(f"k={k}: {plan.reason}")
+            if step == 1:
+                break
+            step = max(1, step // 2)
+            continue
+        apply_plan(detector, plan)
+        zeroed_map = _measure(evaluate, detector)
+        say(f"step {len(path) + 1}: k={k} ({k - kept['k']} more layers), mAP {zeroed_map:.4f} zeroed; fine-tuning")
+        trained = finetune(detector, plan.layers, len(path) + 1)
+        value = _measure(evaluate, detector)
+        drop = baseline - value
+        within = drop <= max_map_drop + DROP_TOLERANCE
+        path.append({"step": len(path) + 1, "k": k, "rate": k / n, "layers": plan.layers[kept["k"]:],
+                     "fold": plan.fold, "map_zeroed": zeroed_map, "map_finetuned": value, "drop": drop,
+                     "within": within, "kept": within, "finetune": trained})
+        say(f"step {len(path)}: k={k} mAP {value:.4f} after fine-tuning, drop {drop:+.4f} "
+            f"({'kept' if within else 'over budget: back to k=' + str(kept['k'])})")
+        if within:
+            kept, kept_plan = {"k": k, "rate": k / n, "map": value, "drop": drop}, plan
+            kept_state = _snapshot(detector)
+        else:
+            detector.model.load_state_dict(kept_state)
+            if step == 1:
+                break
+            step = max(1, step // 2)
+    if kept_plan is None:
+        say(f"no step keeps the mAP drop within {max_map_drop:.4f}")
+    else:
+        say(f"chosen k={kept['k']} rate={kept['rate']:.4f}: mAP {kept['map']:.4f}, drop {kept['drop']:+.4f}")
+    return IterativeSearch(search="iterative+finetune", policy=policy, rank=rank, max_map_drop=max_map_drop,
+                           candidates=n, max_k=top, step=first, finetune=dict(finetune_record or {}),
+                           baseline_map=baseline, path=path, chosen=kept,
+                           rate=kept["rate"] if kept_plan is not None else None, plan=kept_plan,
+                           seconds=round(time.perf_counter() - t0, 3))
+
+
+def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_map_drop: float,
+                          settings: FinetuneSettings, work_dir: str | Path, policy: str = "safe",
+                          rank: str = "plain", fold: FoldAnalysis | None = None, step_rate: float = 0.05,
+                          held_out_images: int = 64, max_rate: float | None = None, train_images: int | None = None,
+                          search_report: str | Path | None = None, log: Callable[[str], None] | None = None,
+                          progress: bool = False) -> Plan:
+    """`iterative_search` on DATA: mAP on the held-out calib images (as `budget_plan`), fine-tuning on the train
+    split. Each step's training state lives in `work_dir` (named by its layers), so an interrupted search rerun
+    with the same arguments replays the finished steps without training them again. The detector is left
+    fine-tuned at the chosen plan, which carries the search as `budget`."""
+    from xprune.prune.finetune import finetune_layers, train_split
+
+    max_map_drop = check_max_map_drop(max_map_drop)
+    if not data:
+        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
+    held = held_out_split(data, detector.input_size, held_out_images, skip=scored_calib_images(scores, data))
+    train = train_split(data, detector.input_size, train_images)
+    work = Path(work_dir)
+    say = log or (lambda message: None)
+    identity = {"model_sha256": _state_sha256(detector), "scores_sha256": _json_sha256(scores),
+                "data": str(Path(data).resolve()), "held_out": held.image_ids, "train_images": len(train),
+                "settings": dataclasses.asdict(settings), "step_rate": step_rate, "policy": policy, "rank": rank,
+                "max_map_drop": max_map_drop, "max_rate": max_rate}
+    stamp = work / "search.json"
+    if stamp.is_file() and read_json(stamp, "search record") != _plain_json(identity):
+        raise XpruneError(f"{work} holds the steps of another search; delete it to start over")
+    write_json(stamp, identity)
+
+    def finetune(det: Detector, layers: list[str], step: int) -> dict:
+        digest = hashlib.sha256("\n".join(layers).encode()).hexdigest()[:12]
+        history = finetune_layers(det, train, layers, settings, work / f"step-{len(layers)}-{digest}.state.pt",
+                                  log=say, progress=progress)
+        return {"epochs": len(history), "loss": history[-1]["loss"],
+                "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history)}
+
+    record = {**dataclasses.asdict(settings), "train_images": len(train)}
+    search = iterative_search(detector, scores, lambda d: evaluate_map(d, held)["map"], finetune, max_map_drop,
+                              step_rate, policy, rank, fold, max_rate, finetune_record=record, log=log)
+    if search_report is not None:
+        write_json(search_report, search.to_json())
+    for path in [*work.glob("step-*.state.pt"), stamp]:  # the search is complete: nothing left to resume
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        work.rmdir()
+    if search.plan is None:
+        where = f" (search written to {search_report})" if search_report is not None else ""
+        raise XpruneError(f"no step keeps the mAP drop within {max_map_drop} after fine-tuning{where}")
+    return dataclasses.replace(search.plan, budget=search.record())
+
+
+def _state_sha256(detector: Detector) -> str:
+    digest = hashlib.sha256()
+    for name, value in detector.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _json_sha256(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _plain_json(doc: Any) -> Any:
+    """doc as it reads back from a JSON file (tuples become lists)."""
+    return json.loads(json.dumps(doc))
+
+
+def _snapshot(detector: Detector) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in detector.model.state_dict().items()}
 
 
 def _measure(evaluate: Callable[[Detector], float], detector: Detector) -> float:

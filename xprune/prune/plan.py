@@ -6,8 +6,14 @@ Candidate policies:
   input-to-output path makes the detector output a constant: it is skipped, with the reason in the plan);
 - all: every conv, predictors included, no check (the paper's procedure).
 
-The walk over the ranking (`safe_selection`) is deterministic, so the plan at k layers is the start of the plan at
-any larger k: one walk serves every rate (`plans_for_rates`) and every step of the budget search.
+Rankings:
+- plain (default): lowest importance score first;
+- per-mac: lowest importance per MAC the fold removes first (a knapsack-style greedy: `per_mac_selection`). The MACs
+  are the layer's branch on the exported graph (`xprune.prune.branches`), marginal to the layers already taken, so
+  a layer whose branch went with an earlier one is skipped: zeroing it would cost accuracy for no speed.
+
+The walk over the ranking (`safe_selection`, `per_mac_selection`) is deterministic, so the plan at k layers is the
+start of the plan at any larger k: one walk serves every rate (`plans_for_rates`) and every step of the budget search.
 """
 
 from __future__ import annotations
@@ -15,21 +21,33 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
 from xprune.errors import XpruneError
 from xprune.models.detector import Detector
+from xprune.models.jax import is_jax
+
+if TYPE_CHECKING:
+    from xprune.prune.branches import FoldAnalysis
 
 POLICIES = ("safe", "all")
+RANKS = ("plain", "per-mac")
 SKIP_REASON = "zeroing it makes an output input-independent (no bypass around it)"
+NO_GAIN_REASON = "the fold removes nothing more with it (its branch is already gone with the layers taken)"
 
 
 @contextlib.contextmanager
 def zeroed(detector: Detector, layers: list[str]) -> Iterator[None]:
     """Temporarily zero the weights of `layers` (biases stay: a zeroed conv outputs its bias)."""
+    if is_jax(detector):
+        from xprune.models.jax import pruning
+        with pruning.zeroed(detector, layers):  # type: ignore[arg-type]
+            yield
+        return
     convs = detector.conv_layers()
     saved = {n: convs[n].weight.detach().clone() for n in layers}
     try:
@@ -46,6 +64,9 @@ def zeroed(detector: Detector, layers: list[str]) -> Iterator[None]:
 def outputs_depend_on_input(detector: Detector, probes: int = 2, seed: int = 0) -> bool:
     """True when every raw output changes between random inputs. Zeroing makes a dead output exactly constant;
     run in float64 (see `float64_probe`) so that a live but saturated output (an untrained head) still differs."""
+    if is_jax(detector):
+        from xprune.models.jax import pruning
+        return pruning.outputs_depend_on_input(detector, probes, seed)  # type: ignore[arg-type]
     dtype = next(detector.model.parameters()).dtype
     g = torch.Generator().manual_seed(seed)
     s = detector.input_size
@@ -62,6 +83,9 @@ def outputs_depend_on_input(detector: Detector, probes: int = 2, seed: int = 0) 
 
 def float64_probe(detector: Detector) -> Detector:
     """A float64 copy of the detector for the dependence check (the original stays untouched)."""
+    if is_jax(detector):
+        from xprune.models.jax import pruning
+        return pruning.float64_probe(detector)  # type: ignore[arg-type]
     probe = copy.deepcopy(detector)
     probe.model.double()
     return probe
@@ -79,6 +103,12 @@ def check_policy(policy: str) -> str:
     return policy
 
 
+def check_rank(rank: str) -> str:
+    if rank not in RANKS:
+        raise XpruneError(f"unknown ranking '{rank}'; choose one of: {', '.join(RANKS)}")
+    return rank
+
+
 def layers_for_rate(rate: float, candidates: int) -> int:
     """How many layers a plan at `rate` zeroes: round(rate x candidates), at least one."""
     return max(1, round(rate * candidates))
@@ -87,7 +117,9 @@ def layers_for_rate(rate: float, candidates: int) -> int:
 @dataclass
 class LayerChoice:
     """One candidate layer as the plan saw it: selected (zeroed) or skipped, and why. type, rank, params and macs
-    are copied from the scores file and absent (None) when it does not carry them."""
+    are copied from the scores file and absent (None) when it does not carry them. fold_macs: the MACs the fold
+    removes if this layer alone is zeroed (its branch on the exported graph); gain_macs (per-mac ranking): the MACs
+    it added to the layers taken before it. Both None when not computed."""
 
     layer: str
     score: float
@@ -97,23 +129,27 @@ class LayerChoice:
     rank: int | None = None  # rank among all conv layers in the scores file
     params: int | None = None
     macs: int | None = None
+    fold_macs: int | None = None
+    gain_macs: int | None = None
 
     _SCORE_FIELDS = ("layer", "type", "score", "rank", "params", "macs")  # copied from a scores entry, in order
+    _FOLD_FIELDS = ("fold_macs", "gain_macs")
 
     @classmethod
-    def from_scores(cls, entry: dict, candidate_rank: int, reason: str) -> LayerChoice:
-        return cls(candidate_rank=candidate_rank, reason=reason,
+    def from_scores(cls, entry: dict, candidate_rank: int, reason: str, gain_macs: int | None = None) -> LayerChoice:
+        return cls(candidate_rank=candidate_rank, reason=reason, fold_macs=entry.get("fold_macs"), gain_macs=gain_macs,
                    **{k: entry[k] for k in cls._SCORE_FIELDS if k in entry})
 
     def to_json(self) -> dict:
         doc = {k: getattr(self, k) for k in self._SCORE_FIELDS if getattr(self, k) is not None}
-        return {**doc, "candidate_rank": self.candidate_rank, "reason": self.reason}
+        fold = {k: getattr(self, k) for k in self._FOLD_FIELDS if getattr(self, k) is not None}
+        return {**doc, **fold, "candidate_rank": self.candidate_rank, "reason": self.reason}
 
     @classmethod
     def from_json(cls, doc: Any) -> LayerChoice:
         _expect(doc, dict, "a layer entry")
         kinds = {"layer": str, "score": (int, float), "candidate_rank": int, "reason": str, "type": str, "rank": int,
-                 "params": int, "macs": int}
+                 "params": int, "macs": int, "fold_macs": int, "gain_macs": int}
         for key, kind in kinds.items():
             if key in ("layer", "score", "candidate_rank", "reason") or doc.get(key) is not None:
                 _expect(doc.get(key), kind, f"a layer's '{key}'")
@@ -130,7 +166,9 @@ class Infeasible:
 @dataclass
 class Plan:
     """The layers one criterion's ranking zeroes at one rate. `budget` is the accuracy-budget search that chose
-    the rate (see `xprune.prune.budget`), `weights` the checkpoint the plan was applied to; both are optional."""
+    the rate (see `xprune.prune.budget`), `weights` the checkpoint the plan was applied to, `fold` the exported
+    graph's MACs before and after the fold with these layers zeroed (`FoldAnalysis`); all optional. `rank`: the
+    ranking that ordered the candidates (RANKS)."""
 
     model: str
     method: str
@@ -142,6 +180,8 @@ class Plan:
     skipped: list[LayerChoice]
     budget: dict | None = None
     weights: str | None = None
+    rank: str = "plain"
+    fold: dict | None = None
 
     @property
     def layers(self) -> list[str]:
@@ -164,13 +204,15 @@ class Plan:
         last = selected[-1].candidate_rank
         return dataclasses.replace(self, rate=k / self.candidates if rate is None else rate,
                                    protected_predictors=list(self.protected_predictors), selected=selected,
-                                   skipped=[c for c in self.skipped if c.candidate_rank < last])
+                                   skipped=[c for c in self.skipped if c.candidate_rank < last], fold=None)
 
     def to_json(self) -> dict:
         doc = {"model": self.model, "method": self.method, "rate": self.rate, "policy": self.policy,
                "candidates": self.candidates, "protected_predictors": list(self.protected_predictors),
                "selected": [c.to_json() for c in self.selected], "skipped": [c.to_json() for c in self.skipped],
-               "zeroed_params": self.zeroed_params, "zeroed_conv_macs": self.zeroed_conv_macs}
+               "zeroed_params": self.zeroed_params, "zeroed_conv_macs": self.zeroed_conv_macs, "rank": self.rank}
+        if self.fold is not None:
+            doc["fold"] = self.fold
         if self.budget is not None:
             doc["budget"] = self.budget
         if self.weights is not None:
@@ -186,11 +228,15 @@ class Plan:
             _expect(doc.get(key), kind, f"a plan's '{key}'")
         _expect(doc.get("budget", {}), dict, "a plan's 'budget'")
         _expect(doc.get("weights", ""), str, "a plan's 'weights'")
+        _expect(doc.get("fold", {}), dict, "a plan's 'fold'")
+        if doc.get("rank", "plain") not in RANKS:
+            raise XpruneError(f"malformed pruning plan: unknown rank {str(doc.get('rank'))[:40]}")
         return cls(model=doc["model"], method=doc["method"], rate=doc["rate"], policy=doc["policy"],
                    candidates=doc["candidates"], protected_predictors=list(doc["protected_predictors"]),
                    selected=[LayerChoice.from_json(e) for e in doc["selected"]],
                    skipped=[LayerChoice.from_json(e) for e in doc["skipped"]],
-                   budget=doc.get("budget"), weights=doc.get("weights"))
+                   budget=doc.get("budget"), weights=doc.get("weights"), rank=doc.get("rank", "plain"),
+                   fold=doc.get("fold"))
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> None:
@@ -212,35 +258,108 @@ def ranked_candidates(detector: Detector, scores: dict, policy: str) -> list[dic
     return sorted(candidates, key=lambda e: (e["score"], e["layer"]))
 
 
+class _DependenceCheck:
+    """Do the outputs still depend on the input with these layers zeroed? Checked on a float64 copy of the
+    detector, made at the first check."""
+
+    def __init__(self, detector: Detector):
+        self.detector = detector
+        self.probe: Detector | None = None
+
+    def alive(self, layers: list[str]) -> bool:
+        if self.probe is None:
+            self.probe = float64_probe(self.detector)
+        with zeroed(self.probe, layers):
+            return outputs_depend_on_input(self.probe)
+
+
 def safe_selection(detector: Detector, ranked: list[dict], method: str,
                    policy: str) -> Iterator[tuple[bool, LayerChoice]]:
     """Walk the ranking once, lazily: (True, choice) for a layer taken, (False, choice) for one skipped because
-    zeroing it together with the layers taken so far makes an output input-independent (policy 'safe' only).
-    The check runs on a float64 copy of the detector, made at the first check."""
-    probe = None
+    zeroing it together with the layers taken so far makes an output input-independent (policy 'safe' only)."""
+    check = _DependenceCheck(detector)
     taken: list[str] = []
     for position, entry in enumerate(ranked, start=1):
-        if policy == "safe":
-            if probe is None:
-                probe = float64_probe(detector)
-            with zeroed(probe, taken + [entry["layer"]]):
-                alive = outputs_depend_on_input(probe)
-            if not alive:
-                yield False, LayerChoice.from_scores(entry, position, SKIP_REASON)
-                continue
+        if policy == "safe" and not check.alive(taken + [entry["layer"]]):
+            yield False, LayerChoice.from_scores(entry, position, SKIP_REASON)
+            continue
         taken.append(entry["layer"])
         yield True, LayerChoice.from_scores(entry, position, f"candidate {position} of {len(ranked)} by {method} score")
 
 
-class Selection:
-    """One scores file's ranking and the safe selection over it, walked only as far as a plan asks."""
+def per_mac_selection(detector: Detector, ranked: list[dict], method: str, policy: str,
+                      fold: FoldAnalysis) -> Iterator[tuple[bool, LayerChoice]]:
+    """The knapsack-style greedy: repeatedly the candidate with the least importance per MAC the fold removes on
+    top of the layers taken so far (ties: plain order), under the same dependence check as `safe_selection`.
+    Every step recomputes each remaining candidate's marginal MACs (a graph replay of a few ms): they are not
+    additive (two branches that feed one Add remove the Add's consumers only together). A candidate whose nodes
+    the fold already removes with the layers taken, or that is left when no candidate removes anything more, is
+    skipped (`NO_GAIN_REASON`)."""
+    check = _DependenceCheck(detector)
+    taken: list[str] = []
+    pool = list(enumerate(ranked))  # (plain order, entry)
+    position = 0
 
-    def __init__(self, detector: Detector, scores: dict, policy: str = "safe"):
+    def skip(entry: dict, reason: str, gain: int) -> tuple[bool, LayerChoice]:
+        nonlocal position
+        position += 1
+        return False, LayerChoice.from_scores(entry, position, reason, gain_macs=gain)
+
+    while pool:
+        gone = fold.outcome(taken).removed_nodes
+        gains = {}
+        for order, entry in list(pool):
+            nodes = fold.nodes_of_layer[entry["layer"]]
+            if taken and all(x.name in gone for x in nodes):
+                pool.remove((order, entry))
+                yield skip(entry, NO_GAIN_REASON, 0)
+            else:
+                gains[order] = fold.removed_macs(entry["layer"], taken)
+        useful = sorted((_per_mac(e["score"], gains[o]), o, e) for o, e in pool if gains[o] > 0)
+        if not useful:
+            for order, entry in pool:
+                yield skip(entry, NO_GAIN_REASON, max(gains.get(order, 0), 0))
+            return
+        for _, order, entry in useful:
+            pool.remove((order, entry))
+            layers = taken + [entry["layer"]]
+            # an output the fold turns into a constant is dead for certain; the probe decides the rest
+            if policy == "safe" and (fold.outcome(layers).dead_outputs or not check.alive(layers)):
+                yield skip(entry, SKIP_REASON, gains[order])
+                continue
+            taken.append(entry["layer"])
+            position += 1
+            yield True, LayerChoice.from_scores(
+                entry, position, f"candidate {position} of {len(ranked)} by {method} score per MAC removed",
+                gain_macs=gains[order])
+            break
+
+
+def _per_mac(score: float, macs: int) -> float:
+    return score / macs if macs > 0 else math.inf
+
+
+class Selection:
+    """One scores file's ranking and the safe selection over it, walked only as far as a plan asks. With `fold`
+    (the detector's `FoldAnalysis`), every candidate carries its fold-removed MACs and every plan the folded graph's
+    MACs; rank 'per-mac' needs it."""
+
+    def __init__(self, detector: Detector, scores: dict, policy: str = "safe", rank: str = "plain",
+                 fold: FoldAnalysis | None = None):
+        check_rank(rank)
         ranked = ranked_candidates(detector, scores, policy)
+        if rank == "per-mac" and fold is None:
+            raise XpruneError("the per-mac ranking needs the fold-removed MACs of every candidate (a FoldAnalysis)")
+        if fold is not None:
+            ranked = with_fold_macs(ranked, fold, required=rank == "per-mac")
         protected = sorted(detector.predictor_layers) if policy == "safe" else []
+        self._fold = fold
         self._empty = Plan(model=detector.family, method=scores["method"], rate=0.0, policy=policy,
-                           candidates=len(ranked), protected_predictors=protected, selected=[], skipped=[])
-        self._walk = safe_selection(detector, ranked, scores["method"], policy)
+                           candidates=len(ranked), protected_predictors=protected, selected=[], skipped=[], rank=rank)
+        if rank == "per-mac":
+            self._walk = per_mac_selection(detector, ranked, scores["method"], policy, fold)
+        else:
+            self._walk = safe_selection(detector, ranked, scores["method"], policy)
         self._taken: list[LayerChoice] = []
         self._skipped: list[LayerChoice] = []
 
@@ -265,33 +384,63 @@ class Selection:
             return Infeasible(f"only {taken} of {k} layers can be zeroed safely"
                               + ("" if rate is None else f" at rate {rate}"))
         full = dataclasses.replace(self._empty, selected=self._taken, skipped=self._skipped)
-        return full.prefix(k, rate)
+        plan = full.prefix(k, rate)
+        if self._fold is not None:
+            plan.fold = fold_summary(self._fold, plan.layers)
+        return plan
+
+    def largest(self) -> Plan | Infeasible:
+        """The plan at the end of the walk: every layer it takes."""
+        taken = self._walk_to(self.candidates)
+        return self.plan(taken) if taken else Infeasible("no candidate layer can be zeroed safely")
 
     def plan_at(self, rate: float) -> Plan | Infeasible:
         return self.plan(layers_for_rate(check_rate(rate), self.candidates), rate)
 
 
-def plan_pruning(detector: Detector, scores: dict, rate: float, policy: str = "safe") -> Plan:
+def with_fold_macs(ranked: list[dict], fold: FoldAnalysis, required: bool = False) -> list[dict]:
+    """Copies of the ranked entries with 'fold_macs': what the fold removes if the layer alone is zeroed. A layer
+    without a node in the export gets none (an error when `required`)."""
+    missing = set(fold.unmapped(e["layer"] for e in ranked))
+    if missing and required:
+        raise XpruneError(f"{len(missing)} candidate layers have no node in the exported graph (first: "
+                          f"{sorted(missing)[0]}); their fold-removed MACs are unknown")
+    return [{**e, "fold_macs": fold.removed_macs(e["layer"])} if e["layer"] not in missing else dict(e)
+            for e in ranked]
+
+
+def fold_summary(fold: FoldAnalysis, layers: list[str]) -> dict:
+    """The exported graph's MACs before folding and after the fold with `layers` zeroed."""
+    before, after = fold.macs_before, fold.macs_after(layers)
+    return {"macs_before": before, "macs_after": after,
+            "removed_mac_fraction": 1.0 - after / before if before else 0.0}
+
+
+def plan_pruning(detector: Detector, scores: dict, rate: float, policy: str = "safe", rank: str = "plain",
+                 fold: FoldAnalysis | None = None) -> Plan:
     """Pick round(rate x candidates) layers (at least one) from the bottom of the global ranking."""
     check_rate(rate)
-    plan = Selection(detector, scores, policy).plan_at(rate)
+    plan = Selection(detector, scores, policy, rank, fold).plan_at(rate)
     if isinstance(plan, Infeasible):
         raise XpruneError(plan.reason)
     return plan
 
 
-def plans_for_rates(detector: Detector, scores: dict, rates: Sequence[float],
-                    policy: str = "safe") -> dict[float, Plan | Infeasible]:
+def plans_for_rates(detector: Detector, scores: dict, rates: Sequence[float], policy: str = "safe",
+                    rank: str = "plain", fold: FoldAnalysis | None = None) -> dict[float, Plan | Infeasible]:
     """{rate: plan_pruning(detector, scores, rate, policy)} from one walk over the ranking; a rate that cannot be
     reached (too few safe layers) maps to Infeasible."""
     for rate in rates:
         check_rate(rate)
-    selection = Selection(detector, scores, policy)
+    selection = Selection(detector, scores, policy, rank, fold)
     return {rate: selection.plan_at(rate) for rate in rates}
 
 
 def apply_plan(detector: Detector, plan: Plan) -> list[str]:
     """Zero the planned layers' weights in place; returns their names."""
+    if is_jax(detector):  # zeroed in the parameter tree
+        from xprune.models.jax import pruning
+        return pruning.apply_plan(detector, plan.layers)  # type: ignore[arg-type]
     convs = detector.conv_layers()
     with torch.no_grad():
         for name in plan.layers:

@@ -33,11 +33,16 @@ def reference_infos(dataset: str = "synth") -> dict[str, dict]:
 
 def reference_models(dataset: str = "synth") -> dict[str, dict]:
     """{model name: metrics dict with an absolute 'path'} for every reference whose checkpoint is present (and, for
-    cached ones, has the recorded SHA-256)."""
+    cached ones, has the recorded SHA-256) and can run here: a JAX family's only where the `jax` extra is."""
+    from xprune.models.jax import jax_available
+    from xprune.models.zoo import FAMILIES
+
     out = {}
     for model, info in reference_infos(dataset).items():
         ckpt = checkpoint_path(info)
         if not ckpt.is_file():
+            continue
+        if model in FAMILIES and FAMILIES[model].framework == "jax" and not jax_available():
             continue
         if info.get("stored") == "cache" and info.get("sha256") and file_sha256(ckpt) != info["sha256"]:
             continue

@@ -32,7 +32,7 @@ class TargetOptions:
     """What the command line can say about how to run a file; each backend uses the options that apply to it."""
 
     device: str = "cpu"
-    model: str | None = None  # family of a PyTorch checkpoint
+    model: str | None = None  # family of a PyTorch checkpoint (a JAX checkpoint names its own)
     threads: int | None = None
     fp16: bool = False
 
@@ -57,6 +57,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", (".pt", ".pth"), "xprune.runtime.pytorch"),
     "onnxruntime": Backend("onnxruntime", (".onnx",), "xprune.runtime.onnxruntime"),
+    "jax": Backend("jax", (".msgpack",), "xprune.runtime.jax"),  # checkpoints of the JAX families
     "tensorrt": Backend("tensorrt", (".engine", ".plan", ".trt"), "xprune.runtime.tensorrt"),
 }
 # Backends for files another backend opens by suffix: they run only when named (`backend_named`).

@@ -10,7 +10,8 @@ from typing import Any
 
 from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA, LATENCY,
                                    MIN_VAL_IMAGES, QUICK_IMAGES, QUICK_RATES, RATES, SPEED_INPUT_SIZE, SPEED_LATENCY,
-                                   SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log, StudySettings)
+                                   SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log, StudySettings,
+                                   default_models)
 
 
 def _listed(values) -> str:
@@ -74,7 +75,7 @@ def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySetti
     if args.quick:
         return StudySettings.quick(Path(args.out), **changes)
     refs = reference_models()
-    for m in args.models or ACCURACY_MODELS + SPEED_MODELS:
+    for m in args.models or default_models():
         if m in ACCURACY_MODELS and m not in refs:
             log(f"warning: no reference checkpoint for {m} in xprune/reference/: it gets speed-only rows "
                 "(random init); run benchmarks/train_reference.py first for accuracy rows")

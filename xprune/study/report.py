@@ -12,7 +12,8 @@ from xprune.runtime.registry import BACKENDS
 from xprune.study.settings import FORMAT, READABLE_FORMATS, STUDY_FILE
 
 BACKEND_TITLES = {
-    "torch": "PyTorch eager, CPU — zeroed weights, dense compute (the paper's setting)",
+    "torch": "the model's own framework, CPU (PyTorch eager; tinyssd-jax: JAX jit) — zeroed weights, dense compute "
+             "(the paper's setting)",
     "onnxruntime": "ONNX Runtime, CPU — exported raw heads with the zeroed layers folded out (xprune)",
     "tensorrt": "TensorRT — engines built from the folded ONNX",
 }
@@ -227,8 +228,9 @@ def _backend_section(study: dict, backend: str) -> list[str]:
     lines += _threads_note(rows)
     lines += _proposals_note(study, rows)
     if backend == "torch":
-        lines.append("- Params and MACs are ptflops' dense counts: zeroing changes neither. The last column is what "
-                     "xprune's fold leaves of the same model in ONNX; PyTorch eager still computes the dense graph.")
+        lines.append("- Params and MACs are ptflops' dense counts (a JAX family's: its convs counted the same way): "
+                     "zeroing changes neither. The last column is what xprune's fold leaves of the same model in "
+                     "ONNX; the framework still computes the dense graph.")
     lines.append("")
     return lines
 

@@ -71,7 +71,7 @@ def _cell(value, fmt: str) -> str:
 
 
 TABLE_COLUMNS = (  # header, width, row key or function, format
-    ("model", -18, "model", ""), ("backend", -13, "backend", ""), ("method", -9, "method", ""),
+    ("model", -18, "model", ""), ("backend", -13, lambda r: (r.get("runtime") or {}).get("backend") or r["backend"], ""), ("method", -9, "method", ""),
     ("variant", -8, "variant", ""), ("rate", 6, "rate", ".2f"), ("mAP", 8, "map", ".4f"),
     ("mAP50", 8, "map50", ".4f"), ("dmAP%", 8, "dmap_pct", "+.2f"),
     ("dmAP 95% CI", 19, lambda r: None if r.get("dmap_low") is None

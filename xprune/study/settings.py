@@ -32,10 +32,11 @@ Log = Callable[[str], None]  # where a study reports progress
 FORMAT = "xprune-study-2"
 READABLE_FORMATS = ("xprune-study-1", FORMAT)  # the report still draws studies from before the intervals
 STUDY_FILE = "study.json"
-BACKENDS = tuple(RUNTIME_BACKENDS)
+# A JAX family's own runtime (jit-compiled XLA) is timed in the "torch" slot, the model's framework
+BACKENDS = tuple(b for b in RUNTIME_BACKENDS if b != "jax")
 FIGURE_RATE = 0.05  # the paper's rate: the layers marked in the importance figure (Fig. 2)
 
-ACCURACY_MODELS = ("yolov8n", "ssdlite320-mbv3")  # reference checkpoints: accuracy and speed rows
+ACCURACY_MODELS = ("yolov8n", "ssdlite320-mbv3", "tinyssd-jax")  # reference checkpoints: accuracy and speed rows
 SPEED_MODELS = ("ssd-mobilenetv2", "ssd-shufflenetv2")  # no trained weights here: speed-only rows
 CRITERIA = ("l1", "attr")
 RATES = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)  # the paper's sweep
@@ -48,6 +49,16 @@ BATCH_SIZE = 8
 SPEED_INPUT_SIZE = 256
 LATENCY = LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=60, min_s=3.0)
 SPEED_LATENCY = LatencyProtocol(warmup_runs=5, warmup_s=1.0, runs=40, min_s=3.0)
+
+
+
+def default_models() -> list[str]:
+    """The accuracy and speed-only models, less the JAX families where the `jax` extra is not installed."""
+    from xprune.models.jax import jax_available
+    from xprune.models.zoo import FAMILIES
+
+    return [m for m in (*ACCURACY_MODELS, *SPEED_MODELS) if FAMILIES[m].framework != "jax" or jax_available()]
+
 
 QUICK_MODELS = ("yolov8n",)
 QUICK_RATES = (0.02, 0.05)
@@ -67,7 +78,7 @@ class StudySettings:
     `speed_latency` give others for the speed-only (random-init) ones, as the paper preset does."""
 
     out: Path
-    models: list[str] = field(default_factory=lambda: [*ACCURACY_MODELS, *SPEED_MODELS])
+    models: list[str] = field(default_factory=lambda: default_models())
     criteria: tuple[str, ...] = CRITERIA
     rates: tuple[float, ...] = RATES
     policy: str = "safe"

@@ -54,16 +54,24 @@ def tensorrt_facts(version: str, settings: StudySettings) -> dict:
 
 
 def torch_target(model: str, t: Timed, work: Path, settings: StudySettings, log: Log) -> Target:
-    """The detector in memory (zeroed weights, dense compute); the A/A copy is a deep copy of the baseline."""
+    """The detector in memory (zeroed weights, dense compute); the A/A copy is a deep copy of the baseline. This is
+    the model's own framework: a JAX family runs here jit-compiled by XLA (its rows say `jax` in "runtime")."""
+    from xprune.models.jax import is_jax
     from xprune.runtime.pytorch.runner import TorchRunner
 
     v = t.variant
     det = copy.deepcopy(v.detector) if t.part == COPY else v.detector
-    info: dict[str, Any] = {"source": f"torch:{model}:{t.variant_id}", "model": model,
+    runner: Any
+    if is_jax(det):
+        from xprune.runtime.jax.runner import JaxRunner
+        runner, framework = JaxRunner(det), "jax"
+    else:
+        runner, framework = TorchRunner(det), "torch"
+    info: dict[str, Any] = {"source": f"{framework}:{model}:{t.variant_id}", "model": model,
                             "variant": BASELINE if v.is_baseline else "zeroed",
                             "method": None if v.is_baseline else v.method, "rate": None,
                             "input_shape": [1, 3, det.input_size, det.input_size]}
-    return Target(Path(info["source"]), TorchRunner(det), info)
+    return Target(Path(info["source"]), runner, info)
 
 
 def onnxruntime_target(model: str, t: Timed, work: Path, settings: StudySettings, log: Log) -> Target:
@@ -98,7 +106,8 @@ class StudyBackend:
 
 
 STUDY_BACKENDS: dict[str, StudyBackend] = {
-    "torch": StudyBackend("zeroed weights, dense compute (eager)", torch_facts, torch_target),
+    "torch": StudyBackend("the model's framework: zeroed weights, dense compute (PyTorch eager; JAX families jit-compiled)",
+                          torch_facts, torch_target),
     "onnxruntime": StudyBackend("exported raw heads, zeroed layers folded (xprune.export.fold)", onnxruntime_facts,
                                 onnxruntime_target, times_zeroed_onnx=True),
     "tensorrt": StudyBackend("engine built from the folded ONNX", tensorrt_facts, tensorrt_target),

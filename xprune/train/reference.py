@@ -28,8 +28,9 @@ COMMIT_LIMIT = 10 * 1024 * 1024  # bytes: bigger checkpoints stay in the cache, 
 YOLO_FAMILIES = ("yolov8n",)
 TORCHVISION_FAMILIES = ("ssdlite320-mbv3", "ssd-mobilenetv2", "ssd-shufflenetv2", "ssd-resnet50",
                         "retinanet-r50-fpn", "fasterrcnn-r50-fpn")
-FAMILIES = YOLO_FAMILIES + TORCHVISION_FAMILIES
-DEFAULT_EPOCHS = {"yolov8n": 30}
+JAX_FAMILIES = ("tinyssd-jax",)  # optax loop of xprune.models.jax.train (extra `jax`)
+FAMILIES = YOLO_FAMILIES + TORCHVISION_FAMILIES + JAX_FAMILIES
+DEFAULT_EPOCHS = {"yolov8n": 30, "tinyssd-jax": 40}
 TORCHVISION_EPOCHS = 30
 STAMPS = ("synth.json", "trees.json")  # the files that say which generator wrote a dataset folder
 
@@ -49,6 +50,14 @@ def default_epochs(model: str) -> int:
 def estimate_seconds(model: str, data: Path, epochs: int, size: int = 320, train_images: int | None = None) -> float:
     """Training time on this machine: a few timed steps, times the steps of the whole run (an estimate: data loading,
     augmentation and validation come on top for YOLO)."""
+    if model in JAX_FAMILIES:
+        from xprune.models.jax import require_jax
+        require_jax("optax")
+        from xprune.models.jax.train import TrainConfig
+        from xprune.models.jax.train import seconds_per_step as jax_seconds_per_step
+        images = len(CocoDetectionSet.from_folder(data, "train", size, limit=train_images))
+        batch = TrainConfig(epochs, size).batch_size
+        return jax_seconds_per_step(data, size, batch) * (images // batch) * epochs  # the loop drops a last part batch
     train = CocoDetectionSet.from_folder(data, "train", size, limit=train_images)
     batch = 32 if model in YOLO_FAMILIES else TrainSettings(epochs).batch_size
     det = build_detector(model, "none", num_classes=train.num_classes, input_size=size)
@@ -81,6 +90,13 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
         train_seconds = float(results_csv.read_text().strip().splitlines()[-1].split(",")[1])  # cumulative time
         trained = load_checkpoint(best, model, size)
         torch.set_num_threads(threads)
+    elif model in JAX_FAMILIES:
+        from xprune.models.jax import require_jax
+        require_jax("optax")
+        from xprune.models.jax.train import train_tinyssd
+        last, history = train_tinyssd(data, epochs, size, log_path, work_dir=work, train_images=train_images, log=log)
+        train_seconds = sum(h["seconds"] for h in history)
+        trained = load_checkpoint(last, model, size)
     else:
         train = CocoDetectionSet.from_folder(data, "train", size, limit=train_images)
         trained = build_detector(model, "none", num_classes=train.num_classes, input_size=size)
@@ -101,11 +117,12 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
             "train_images": train_images, "input_size": size, "train_seconds": round(train_seconds, 1),
             "machine": platform.processor() or platform.machine(), "threads": threads,
             "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))}
-    staged = work / f"{name}.pt"
+    suffix = ".msgpack" if model in JAX_FAMILIES else ".pt"
+    staged = work / f"{name}{suffix}"
     save_checkpoint(trained, staged, meta=meta, half=True)
     size_bytes = staged.stat().st_size
     stored = "package" if size_bytes <= COMMIT_LIMIT else "cache"
-    target = (REFERENCE_DIR if stored == "package" else cache_dir() / "reference") / f"{name}.pt"
+    target = (REFERENCE_DIR if stored == "package" else cache_dir() / "reference") / staged.name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(staged, target)
     # The metrics describe the saved fp16 file, so they are measured from it.

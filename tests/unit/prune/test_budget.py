@@ -13,21 +13,10 @@ from xprune.data.coco import calibration_set
 from xprune.errors import XpruneError
 from xprune.evaluate.coco_map import evaluate_map
 from xprune.importance.scores import score_layers
-from xprune.models import build_detector
 from xprune.prune.budget import budget_plan, held_out_split, scored_calib_images, search_rate
 from xprune.prune.plan import float64_probe, outputs_depend_on_input, plan_pruning
 
-SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def yolo():
-    return build_detector("yolov8n", "none", num_classes=6, input_size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def l1(yolo):
-    return score_layers(yolo, "l1")
+SIZE = 64  # the input size of the `yolo` fixture (conftest.py)
 
 
 def zeroed_count(det) -> int:

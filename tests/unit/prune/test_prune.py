@@ -122,7 +122,8 @@ def test_plan_json_roundtrip_and_derived_totals(l1_plan):
     plan = copy.deepcopy(l1_plan)
     doc = plan.to_json()
     assert list(doc) == ["model", "method", "rate", "policy", "candidates", "protected_predictors", "selected",
-                         "skipped", "zeroed_params", "zeroed_conv_macs"]
+                         "skipped", "zeroed_params", "zeroed_conv_macs", "rank"]
+    assert doc["rank"] == "plain"
     assert list(doc["selected"][0]) == ["layer", "type", "score", "rank", "params", "macs", "candidate_rank", "reason"]
     assert doc["zeroed_params"] == sum(e["params"] for e in doc["selected"]) == plan.zeroed_params > 0
     assert doc["zeroed_conv_macs"] == sum(e["macs"] for e in doc["selected"]) == plan.zeroed_conv_macs

@@ -1,0 +1,108 @@
+"""Iterative pruning under a budget: steps of layers alternate with fine-tuning, a step over budget is undone (the
+weights of the last kept plan come back) and retried at half the size, the largest kept plan wins and the path is
+recorded; one small real run through the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from cli_helpers import run_cli
+from xprune.errors import XpruneError
+from xprune.models import build_detector, load_checkpoint
+from xprune.prune.budget import check_step_rate, iterative_search
+
+SIZE = 64  # the input size of the `yolo` fixture (conftest.py)
+
+
+def zeroed_count(det) -> int:
+    return sum(int(not c.weight.detach().any()) for c in det.conv_layers().values())
+
+
+def tag(det) -> torch.Tensor:
+    return det.model.model[1].bn.running_mean  # where the fake fine-tuning leaves its mark
+
+
+class Fake:
+    """mAP 0.5 - 0.02 k with k layers zeroed, 0.5 - 0.01 k once fine-tuned at those k layers."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def finetune(self, det, layers, step):
+        assert zeroed_count(det) == len(layers)
+        self.calls.append(len(layers))
+        with torch.no_grad():
+            tag(det)[0] = len(layers)
+        return {"epochs": 1}
+
+    def evaluate(self, det) -> float:
+        k = zeroed_count(det)
+        return 0.5 - (0.01 if k and tag(det)[0] == k else 0.02) * k
+
+
+def test_steps_shrink_after_an_overshoot_and_the_largest_kept_plan_wins(yolo, l1):
+    det = build_detector("yolov8n", "none", num_classes=6, input_size=SIZE)
+    original = {k: v.clone() for k, v in det.model.state_dict().items()}
+    fake = Fake()
+    search = iterative_search(det, l1, fake.evaluate, fake.finetune, max_map_drop=0.1, step_rate=0.125, policy="all")
+    n = search.candidates
+    assert n == 64 and search.step == 8
+    path = [(p["k"], p["kept"]) for p in search.path]
+    assert path == [(8, True), (16, False), (12, False), (10, True), (12, False), (11, False)]
+    assert fake.calls == [8, 16, 12, 10, 12, 11]
+    assert search.chosen["k"] == 10 and search.rate == 10 / n
+    assert len(search.plan.layers) == 10 and search.plan.layers[:8] == search.path[0]["layers"]
+    assert search.path[3]["layers"] == search.plan.layers[8:]
+    first = search.path[0]
+    assert first["map_zeroed"] == pytest.approx(0.5 - 0.16) and first["map_finetuned"] == pytest.approx(0.42)
+    assert first["drop"] == pytest.approx(0.08) and first["within"]
+    # the detector holds the kept plan, fine-tuned: 10 layers zeroed, the rejected steps undone
+    assert zeroed_count(det) == 10 and tag(det)[0] == 10
+    convs = det.conv_layers()
+    assert all(not convs[name].weight.any() for name in search.plan.layers)
+    restored = [name for name in convs if name not in search.plan.layers]
+    assert all(torch.equal(convs[name].weight, original[f"{name}.weight"]) for name in restored)
+    doc = json.loads(json.dumps(search.to_json()))
+    assert doc["search"] == "iterative+finetune" and doc["plan"]["selected"]
+
+
+def test_nothing_within_budget_leaves_the_detector_as_it_came(yolo, l1):
+    det = build_detector("yolov8n", "none", num_classes=6, input_size=SIZE)
+    original = {k: v.clone() for k, v in det.model.state_dict().items()}
+    fake = Fake()
+    search = iterative_search(det, l1, fake.evaluate, fake.finetune, max_map_drop=0.005, step_rate=0.05,
+                              policy="all", max_rate=0.1)
+    assert search.plan is None and search.rate is None and search.chosen["k"] == 0
+    assert [p["k"] for p in search.path] == [3, 1]  # 3 over budget, then 1 over budget: stop
+    assert all(torch.equal(v, original[k]) for k, v in det.model.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True])
+def test_bad_step_rate(bad):
+    with pytest.raises(XpruneError, match="step-rate"):
+        check_step_rate(bad)
+
+
+@pytest.mark.slow
+def test_cli_iterative_pruning_writes_the_path(tmp_path, capsys, synth_data):
+    scores = tmp_path / "scores.json"
+    assert run_cli(["score", "--model", "yolov8n", "--weights", "none", "--input-size", str(SIZE), "--data",
+                    str(synth_data), "--method", "l1", "--calib-images", "4", "--out", str(scores)], capsys)[0] == 0
+    out = tmp_path / "it.pt"
+    code, _, err = run_cli(["prune", "--model", "yolov8n", "--weights", "none", "--input-size", str(SIZE), "--data",
+                            str(synth_data), "--scores", str(scores), "--candidates", "all", "--max-map-drop", "0.5",
+                            "--finetune-epochs", "1", "--step-rate", "0.05", "--max-rate", "0.1",
+                            "--held-out-images", "4", "--finetune-images", "4", "--finetune-batch-size", "4",
+                            "--out", str(out)], capsys)
+    assert code == 0, err
+    plan = json.loads(out.with_suffix(".plan.json").read_text())
+    budget = plan["budget"]
+    assert budget["search"] == "iterative+finetune" and budget["finetune"]["epochs"] == 1
+    assert [p["k"] for p in budget["path"]] == [3, 6] and all(p["kept"] for p in budget["path"])
+    assert all({"layers", "map_zeroed", "map_finetuned", "drop", "fold"} <= p.keys() for p in budget["path"])
+    assert budget["path"][1]["fold"]["macs_after"] <= budget["path"][0]["fold"]["macs_after"]
+    assert len(plan["selected"]) == 6 and json.loads(out.with_suffix(".search.json").read_text())["path"]
+    det = load_checkpoint(out, "yolov8n")
+    assert all(not det.conv_layers()[e["layer"]].weight.any() for e in plan["selected"])
+    assert not out.with_suffix(".steps").exists()  # finished: the per-step states are gone

@@ -1,0 +1,155 @@
+"""Recovery fine-tuning: pruned layers stay exactly 0.0 (weights, gradients, AdamW moments), the exported graph folds
+the same layers afterwards, an interrupted run resumes, and bad input is one line with exit 2."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from cli_helpers import one_line_error, run_cli
+from xprune.data.coco import CocoDetectionSet
+from xprune.errors import XpruneError
+from xprune.models import build_detector, load_checkpoint, save_checkpoint
+from xprune.models.detector import Detector
+from xprune.prune.branches import FoldAnalysis
+from xprune.prune.finetune import FinetuneSettings, ZeroMask, finetune_checkpoint, finetune_layers, state_path_for
+
+SIZE = 64
+BYPASSED = ["model.2.m.0.cv1.conv", "model.4.m.1.cv2.conv", "model.22.cv2.0.0.conv"]
+
+
+def exactly_zero(t: torch.Tensor) -> bool:
+    """+0.0 in every element, bit for bit."""
+    return bool((t.detach().float().contiguous().view(torch.int32) == 0).all())
+
+
+def test_the_mask_alone_holds_a_zero_weight_through_adamw_with_weight_decay():
+    """Without re-zeroing: zero gradients keep AdamW's moments at zero, and its step leaves a zero weight at zero."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    det = Detector("toy", model, 1, 8)
+    mask = ZeroMask(det, ["0"])
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    with mask:
+        for _ in range(5):
+            opt.zero_grad()
+            model(torch.rand(2, 3, 8, 8)).square().mean().backward()
+            assert exactly_zero(model[0].weight.grad) and model[2].weight.grad.abs().sum() > 0
+            opt.step()
+    assert exactly_zero(model[0].weight)
+    state = opt.state[model[0].weight]
+    assert exactly_zero(state["exp_avg"]) and exactly_zero(state["exp_avg_sq"])
+    assert not exactly_zero(model[0].bias)  # the bias trains: a zeroed conv outputs it
+    with pytest.raises(XpruneError, match="does not have"):
+        ZeroMask(det, ["9"])
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory, synth_data):
+    """A YOLOv8n (random init, 64 px) with its plan's layers zeroed, saved as `xprune prune` saves it."""
+    from xprune.importance.scores import score_layers
+    from xprune.prune.plan import apply_plan, plan_pruning
+
+    det = build_detector("yolov8n", "none", num_classes=CocoDetectionSet.from_folder(
+        synth_data, "train", SIZE).num_classes, input_size=SIZE)
+    scores = score_layers(det, "l1")
+    for e in scores["layers"]:  # three bypassable layers: the rest of the model still learns
+        if e["layer"] in BYPASSED:
+            e["score"] = -1.0
+    plan = plan_pruning(det, scores, 0.05, "all")
+    assert sorted(plan.layers) == sorted(BYPASSED)
+    apply_plan(det, plan)
+    path = tmp_path_factory.mktemp("pruned") / "pruned.pt"
+    save_checkpoint(det, path, meta={"pruning": plan.to_json()})
+    return path, plan.layers
+
+
+def test_finetune_layers_keeps_weights_grads_and_moments_exactly_zero(synth_data, pruned, tmp_path):
+    path, layers = pruned
+    det = load_checkpoint(path, "yolov8n")
+    train = CocoDetectionSet.from_folder(synth_data, "train", SIZE, limit=2)
+    before = {n: p.detach().clone() for n, p in det.model.named_parameters()}
+    state = tmp_path / "s.pt"
+    finetune_layers(det, train, layers, FinetuneSettings(epochs=1, batch_size=2, lr=1e-2), state, log=lambda m: None)
+    convs = det.conv_layers()
+    for n in layers:
+        assert exactly_zero(convs[n].weight), n
+        assert convs[n].weight.grad is None or exactly_zero(convs[n].weight.grad), n
+    names = [n for n, p in det.model.named_parameters() if p.requires_grad]
+    moments = torch.load(state, weights_only=False)["optimizer"]["state"]
+    for i, name in enumerate(names):
+        if name.removesuffix(".weight") in layers and name.endswith(".weight"):
+            assert exactly_zero(moments[i]["exp_avg"]) and exactly_zero(moments[i]["exp_avg_sq"]), name
+    moved = [n for n, p in det.model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert moved, "the other weights train"
+    assert all(convs[n].weight.requires_grad for n in layers)  # hooks gone, nothing frozen
+
+
+def test_bad_input_is_one_line(tmp_path, capsys, synth_data, pruned):
+    path, _ = pruned
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(load_checkpoint(path, "yolov8n"), plain)  # no plan in its meta
+    no_train = tmp_path / "data"
+    shutil.copytree(synth_data, no_train)
+    (no_train / "annotations" / "instances_train.json").unlink()
+    base = ["finetune", "--model", "yolov8n", "--epochs", "1", "--out", str(tmp_path / "ft.pt"), "--quiet"]
+    for weights, data, message in [(plain, synth_data, "carries no pruning plan"),
+                                   (path, no_train, "has no train split"),
+                                   (tmp_path / "missing.pt", synth_data, "checkpoint not found")]:
+        code, _, err = run_cli(base + ["--weights", str(weights), "--data", str(data)], capsys)
+        assert code == 2 and message in one_line_error(err)
+        assert not (tmp_path / "ft.pt").exists()
+    for epochs in ("0", "-3"):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(["finetune", "--model", "yolov8n", "--weights", str(path), "--data", str(synth_data), "--epochs",
+                     epochs, "--out", str(tmp_path / "ft.pt")], capsys)
+        assert exc.value.code == 2 and "must be positive" in one_line_error(capsys.readouterr().err)
+    with pytest.raises(XpruneError, match="positive integer"):
+        FinetuneSettings(epochs=0)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_finetune_checkpoint_resumes_keeps_zeros_and_folds_the_same(tmp_path, capsys, synth_data, pruned):
+    path, layers = pruned
+    out = tmp_path / "ft.pt"
+    args = dict(settings=FinetuneSettings(epochs=2, batch_size=4), train_images=4, val_images=4)
+
+    def stop_after_first_epoch(line):
+        if line.startswith("epoch 1/"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune_checkpoint("yolov8n", path, synth_data, 2, out, log=stop_after_first_epoch, **args)
+    assert state_path_for(out).is_file() and not out.exists()
+    other = dict(args, settings=FinetuneSettings(epochs=2, batch_size=2))
+    with pytest.raises(XpruneError, match="another fine-tuning run"):
+        finetune_checkpoint("yolov8n", path, synth_data, 2, out, log=lambda m: None, **other)
+
+    code, stdout, err = run_cli(["finetune", "--model", "yolov8n", "--weights", str(path), "--data", str(synth_data),
+                                 "--epochs", "2", "--batch-size", "4", "--train-images", "4", "--val-images", "4",
+                                 "--out", str(out), "--quiet"], capsys)
+    lines = err.splitlines()
+    assert code == 0, err
+    assert any(line.startswith("resuming after epoch 1/2") for line in lines)
+    assert "still zero" in stdout
+    report = json.loads(out.with_suffix(".finetune.json").read_text())
+    assert report["plan"]["selected"] and [e["layer"] for e in report["plan"]["selected"]] == layers
+    assert {"val_map_before", "val_map_after", "seconds_per_epoch"} <= report.keys()
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert not state_path_for(out).exists()  # finished: nothing left to resume
+
+    tuned = load_checkpoint(out, "yolov8n")
+    assert tuned.meta["pruning"]["selected"] == report["plan"]["selected"]
+    assert tuned.meta["finetune"]["val_map_after"] == report["val_map_after"]
+    convs = tuned.conv_layers()
+    assert all(exactly_zero(convs[n].weight) for n in layers)
+    # the export folds the same layers as before fine-tuning: the same zero-weight convs, the same MACs left
+    before, after = FoldAnalysis.of(load_checkpoint(path, "yolov8n")), FoldAnalysis.of(tuned)
+    assert before.macs_after() == after.macs_after() < after.macs_before
+    assert before.outcome().removed_nodes == after.outcome().removed_nodes
