@@ -186,6 +186,23 @@ def _models(study: dict) -> list[str]:
     return _md_table(head, rows)
 
 
+def _head_levels(study: dict) -> list[str]:
+    """One line per accuracy model: which output levels detect anything (`evaluate.head_levels`)."""
+    lines = []
+    for m in study["models"]:
+        usage = m.get("head_levels")
+        if not usage:
+            continue
+        cells = ", ".join(f"{lv['level']} {lv['above_threshold']:,} (max {lv['max_score']:.3g})"
+                          for lv in usage["levels"])
+        silent = [lv["level"] for lv in usage["levels"] if lv["above_threshold"] == 0]
+        verdict = (f"**silent: {', '.join(silent)}** — layers that only feed it change no detection, so zeroing "
+                   "them costs no mAP whatever the criterion" if silent else "every level detects")
+        lines.append(f"- {m['model']}: outputs scoring >= {usage['threshold']} per level over {usage['images']} val "
+                     f"images: {cells}; {verdict}.")
+    return lines
+
+
 def zero_counts(model: dict) -> dict:
     """Per criterion, the layers scoring exactly 0 (`stats.zero_scores`; recomputed for older study files)."""
     if model.get("zero_scores"):
@@ -367,6 +384,9 @@ def render(study: dict, figures: dict[str, Path]) -> str:
     lines += ["## Models", ""] + _models(study) + [
         "", "Speed-only models have no trained weights here: random initialisation, so no mAP is reported for them "
         "and their attr ranking is that of an untrained network.", ""]
+    levels = _head_levels(study)
+    if levels:
+        lines += ["Which output levels detect anything (the baseline on the val images):", ""] + levels + [""]
     for b in BACKENDS:
         lines += _backend_section(study, b)
     if not any(r["backend"] == "tensorrt" for r in study["rows"]):

@@ -166,6 +166,7 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
     timings, controls, bench_files, orders, peer = time_variants(name, det, variants, val, data, work, backends,
                                                                  protocol, settings, command, log, intervals)
     rows = model_rows(name, accuracy, variants, timings, settings, orders)
+    levels = head_levels(name, det, val, log)
     model_doc = {"model": name, "input_size": size, "accuracy": accuracy,
                  "val_images": len(val) if val is not None else None,
                  "intervals": intervals.describe() if intervals is not None else None,
@@ -178,9 +179,25 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
                  "infeasible": infeasible, "variants": [v.info for v in variants],
                  "layer_scores": ranks.layer_scores, "zero_scores": zero_scores(ranks.layer_scores),
                  "agreement": agreement(ranks.layer_scores, ranks.plans, rates),
+                 "head_levels": levels,
                  "controls": controls, "bench_files": bench_files, "timing_order": orders,
                  "seconds": round(time.perf_counter() - t_model, 1)}
     return model_doc, rows, peer
+
+
+def head_levels(name: str, det: Detector, val, log: Log) -> dict | None:
+    """Per output level, whether the baseline detects anything there (`evaluate.head_levels`): layers that only
+    feed a silent level cost no mAP whichever criterion picks them. None without val images or fixed levels."""
+    from xprune.evaluate.head_levels import level_usage, silent_levels
+    if val is None:
+        return None
+    try:
+        usage = level_usage(det, val)
+    except XpruneError:
+        return None
+    silent = silent_levels(usage)
+    log(f"[{name}] output levels with no score >= {usage['threshold']}: {', '.join(silent) or 'none'}")
+    return usage
 
 
 def dataset_block(data: Path, settings: StudySettings) -> dict:
