@@ -199,7 +199,7 @@ def run_model(name: str, s: Settings, data: Path, work: Path) -> dict:
 
 
 def paired(row: dict, base: dict) -> dict:
-    from xprune.study.stats import paired_summary
+    from xprune.bench.paired import paired_summary
 
     return paired_summary(row, base)
 

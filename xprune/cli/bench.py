@@ -12,6 +12,7 @@ from xprune.errors import XpruneError
 
 def cmd_bench(args) -> None:
     from xprune.bench.latency import LatencyProtocol
+    from xprune.bench.paired import add_speedups
     from xprune.bench.results import write_results
     from xprune.bench.run import BenchSettings, bench_files
     from xprune.runtime.registry import TargetOptions
@@ -22,18 +23,28 @@ def cmd_bench(args) -> None:
     options = TargetOptions(device=args.device, model=args.model, threads=args.threads, fp16=args.fp16)
     doc = bench_files(list(args.targets) + list(args.engine or []), settings, options, baseline=args.baseline,
                       command=" ".join(["xprune", *sys.argv[1:]]), log=lambda m: print(m, file=sys.stderr))
+    add_speedups(doc)
     write_results(args.out, doc)
     print(format_bench_table(doc["rows"]))
     print(f"results: {args.out}")
 
 
 def format_bench_table(rows: list[dict]) -> str:
-    head = f"{'model':<18}{'variant':<10}{'method':<8}{'engine':<13}{'prec':<6}{'median ms':>10}{'p90':>9}{'p99':>9}{'mAP':>8}"
+    """One line per target; with a baseline in an interleaved run, the speedup (1 / paired latency ratio) and the
+    ratio's p10-p90 (`xprune.bench.paired.add_speedups`)."""
+    paired = any("vs_baseline" in r for r in rows)
+    head = (f"{'model':<18}{'variant':<10}{'method':<8}{'engine':<13}{'prec':<6}{'median ms':>10}{'p90':>9}{'p99':>9}"
+            f"{'mAP':>8}" + (f"{'speedup':>9}  {'ratio p10-p90':<13}" if paired else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         m = f"{r['map']:>8.4f}" if r.get("map") is not None else f"{'-':>8}"
-        lines.append(f"{r['model']:<18}{r.get('variant') or '-':<10}{r.get('method') or '-':<8}{r['engine']:<13}"
-                     f"{r['precision']:<6}{r['median_ms']:>10.3f}{r['p90_ms']:>9.3f}{r['p99_ms']:>9.3f}{m}")
+        line = (f"{r['model']:<18}{r.get('variant') or '-':<10}{r.get('method') or '-':<8}{r['engine']:<13}"
+                f"{r['precision']:<6}{r['median_ms']:>10.3f}{r['p90_ms']:>9.3f}{r['p99_ms']:>9.3f}{m}")
+        if paired:
+            v = r.get("vs_baseline")
+            line += (f"{'baseline':>9}" if v is None else
+                     f"{1 / v['median']:>8.3f}x  {v['p10']:.3f}-{v['p90']:.3f}")
+        lines.append(line)
     return "\n".join(lines)
 
 

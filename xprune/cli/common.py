@@ -33,10 +33,12 @@ def batch_profile(text: str) -> tuple[int, int, int]:
 
 
 def model_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
-    p.add_argument("--model", required=True, help="family name (see `xprune models`)")
+    p.add_argument("--model", default=None,
+                   help="family name (see `xprune models`); optional with an xprune or Ultralytics checkpoint")
     p.add_argument("--weights", default="default", help="'default' (official), 'none' (random init) or a checkpoint path")
     p.add_argument("--input-size", type=positive_int, default=None, help="square input size (multiple of 32)")
-    p.add_argument("--data", required=data_required, default=None, help="COCO-format dataset folder")
+    p.add_argument("--data", required=data_required, default=None,
+                   help="COCO-format dataset folder, or an Ultralytics data.yaml")
 
 
 def load_detector(args, num_classes: int | None = None):
@@ -45,7 +47,7 @@ def load_detector(args, num_classes: int | None = None):
 
 
 def classes_from_data(data: str | None, split: str = "val") -> int | None:
-    """The class count of the --data folder, None without one."""
+    """The class count of the --data folder (or data.yaml), None without one."""
     if not data:
         return None
     from xprune.data.coco import dataset_num_classes

@@ -17,21 +17,31 @@ from xprune.data.transforms import collate_targets, hflip, letterbox
 from xprune.errors import XpruneError
 
 
+def _read_json(path: Path):
+    if not path.is_file():
+        raise XpruneError(f"annotations file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise XpruneError(f"annotations file {path} is not valid JSON: {e}") from None
+
+
 class CocoDetectionSet:
     """Images letterboxed to `size`; targets in input pixels with 0-based labels (index into `category_ids`)."""
 
-    def __init__(self, images_dir: str | Path, annotations: str | Path, size: int, limit: int | None = None):
+    def __init__(self, images_dir: str | Path, annotations: str | Path | dict, size: int, limit: int | None = None,
+                 source: str | None = None):
+        """`annotations`: a COCO instances JSON file, or the parsed dict itself (e.g. a converted data.yaml split),
+        which `source` then names in messages."""
         self.images_dir = Path(images_dir)
-        self.annotations = Path(annotations)
         self.size = size
-        if not self.annotations.is_file():
-            raise XpruneError(f"annotations file not found: {self.annotations}")
+        if isinstance(annotations, dict):
+            self.annotations, data = Path(source or "annotations"), annotations
+        else:
+            self.annotations = Path(annotations)
+            data = _read_json(self.annotations)
         if not self.images_dir.is_dir():
             raise XpruneError(f"image folder not found: {self.images_dir}")
-        try:
-            data = json.loads(self.annotations.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise XpruneError(f"annotations file {self.annotations} is not valid JSON: {e}") from None
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
                 data.get("categories"), list) or not isinstance(data.get("annotations", []), list):
             raise XpruneError(f"{self.annotations} is not a COCO instances file (needs images, annotations, categories)")
@@ -52,7 +62,11 @@ class CocoDetectionSet:
 
     @classmethod
     def from_folder(cls, root: str | Path, split: str, size: int, limit: int | None = None) -> "CocoDetectionSet":
-        """Layouts: ROOT/annotations/instances_SPLIT.json with images in ROOT/images/SPLIT or ROOT/SPLIT."""
+        """Layouts: ROOT/annotations/instances_SPLIT.json with images in ROOT/images/SPLIT or ROOT/SPLIT; or ROOT is
+        an Ultralytics data.yaml (see `xprune.data.yolo_format`)."""
+        from xprune.data import yolo_format
+        if yolo_format.is_data_yaml(root):
+            return yolo_format.coco_set(root, split, size, limit)
         root = Path(root)
         if not root.is_dir():
             raise XpruneError(f"dataset folder not found: {root}")
@@ -102,7 +116,14 @@ class CocoDetectionSet:
 
 
 def first_annotated_split(root: str | Path, splits: tuple[str, ...]) -> str:
-    """The first of `splits` that has ROOT/annotations/instances_SPLIT.json."""
+    """The first of `splits` that has ROOT/annotations/instances_SPLIT.json (or that a data.yaml ROOT provides)."""
+    from xprune.data import yolo_format
+    if yolo_format.is_data_yaml(root):
+        have = yolo_format.read_data_yaml(root).splits()
+        for split in splits:
+            if split in have:
+                return split
+        raise XpruneError(f"{root} has none of the splits {', '.join(splits)}")
     root = Path(root)
     for split in splits:
         if (root / "annotations" / f"instances_{split}.json").is_file():
@@ -117,7 +138,11 @@ def calibration_set(root: str | Path, size: int, images: int) -> CocoDetectionSe
 
 
 def dataset_num_classes(root: str | Path, split: str = "val") -> int:
-    """Number of categories of a dataset folder, read from its 'calib', 'train' or else `split` annotations."""
+    """Number of categories of a dataset folder, read from its 'calib', 'train' or else `split` annotations (or of
+    a data.yaml, read from its names)."""
+    from xprune.data import yolo_format
+    if yolo_format.is_data_yaml(root):
+        return len(yolo_format.read_data_yaml(root).names)
     if not Path(root).is_dir():
         raise XpruneError(f"dataset folder not found: {root}")
     split = first_annotated_split(root, ("calib", "train", split))

@@ -1,12 +1,23 @@
-"""Ultralytics YOLOv8 (any size) behind the common interface. The loss is Ultralytics' own v8DetectionLoss,
-computed from eval-mode outputs so BatchNorm statistics stay frozen."""
+"""Ultralytics YOLOv8 and YOLO11 (any size) behind the common interface. The loss is Ultralytics' own
+v8DetectionLoss, computed from eval-mode outputs so BatchNorm statistics stay frozen."""
 
 from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
 
 import torch
 from torchvision.ops import box_convert
 
+from xprune.errors import XpruneError
 from xprune.models.detector import Detector
+
+# The Ultralytics detection families xprune supports, by the stem of their packaged yaml (yolov8.yaml, yolo11.yaml).
+YOLO_VERSIONS = {"yolov8": "YOLOv8", "yolo11": "YOLO11"}
+YOLO_SCALES = "nsmlx"
+TASK_NAMES = {"segment": "segmentation", "semantic": "semantic segmentation", "pose": "pose",
+              "classify": "classification", "obb": "oriented-box (OBB)", "depth": "depth"}
 
 
 def quiet_ultralytics_env() -> None:
@@ -20,14 +31,56 @@ def quiet_ultralytics_env() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "xprune-ultralytics"))
 
 
-def build_yolo(scale: str, num_classes: int) -> torch.nn.Module:
+def build_yolo(scale: str, num_classes: int, version: str = "yolov8") -> torch.nn.Module:
+    """A random-init DetectionModel from Ultralytics' packaged yaml (offline), e.g. version 'yolo11', scale 'n'."""
     quiet_ultralytics_env()
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
-    model = DetectionModel(f"yolov8{scale}.yaml", nc=num_classes, verbose=False)
+    model = DetectionModel(f"{version}{scale}.yaml", nc=num_classes, verbose=False)
     model.args = get_cfg()  # loss gains (box, cls, dfl) come from the default training config
     return model
+
+
+def _architecture(cfg: dict) -> str:
+    """Backbone and head of a model yaml, comparable across tuples/lists and None/'None'."""
+    return json.dumps([cfg.get("backbone"), cfg.get("head")], default=str).replace("null", '"None"')
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged_architecture(version: str) -> str:
+    from ultralytics.nn.tasks import yaml_model_load
+    return _architecture(yaml_model_load(f"{version}n.yaml"))
+
+
+def ultralytics_family(model: torch.nn.Module, source: str) -> str:
+    """The zoo name (e.g. 'yolo11s') of an Ultralytics model, read from the model itself: its yaml's backbone and
+    head must be those of a packaged family whatever the yaml file was called (or the file have an official name,
+    for checkpoints of older releases), and its `scale` picks the size. Other tasks and architectures are refused
+    with one line (`source` names the file)."""
+    quiet_ultralytics_env()
+    from ultralytics.nn.tasks import guess_model_scale, guess_model_task
+
+    cfg = getattr(model, "yaml", None)
+    if not isinstance(cfg, dict) or "head" not in cfg:
+        raise XpruneError(f"{source} is not an Ultralytics detection checkpoint (its model has no yaml)")
+    task = guess_model_task(cfg)
+    if task != "detect":
+        raise XpruneError(f"{source} holds an Ultralytics {TASK_NAMES.get(task, str(task))} model; xprune prunes "
+                          "detection models only")
+    arch = _architecture(cfg)
+    version = next((v for v in YOLO_VERSIONS if _packaged_architecture(v) == arch), None)
+    yaml_name = str(cfg.get("yaml_file") or "an unnamed yaml")
+    stem = Path(yaml_name).stem
+    if version is None and stem[:-1] in YOLO_VERSIONS and stem[-1:] in YOLO_SCALES:
+        version = stem[:-1]  # an official name, from a release whose yaml text differed slightly
+    if version is None:
+        raise XpruneError(f"{source} holds an Ultralytics detector built from {yaml_name} that is none of "
+                          f"{', '.join(YOLO_VERSIONS.values())}; xprune supports those families only")
+    scale = cfg.get("scale") or guess_model_scale(yaml_name)
+    if scale not in tuple(YOLO_SCALES):
+        raise XpruneError(f"{source} holds a {YOLO_VERSIONS[version]} model of unknown size (scale {scale!r})")
+    return f"{version}{scale}"
 
 
 def yolo_predictors(model: torch.nn.Module) -> list[str]:

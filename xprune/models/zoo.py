@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torchvision
@@ -15,7 +15,8 @@ from xprune.errors import XpruneError
 from xprune.files import atomic_path, file_sha256  # noqa: F401 (re-exported)
 from xprune.models import torchvision_family as tvf
 from xprune.models.detector import Detector
-from xprune.models.yolo import YoloDetector, build_yolo, quiet_ultralytics_env, yolo_predictors
+from xprune.models.yolo import (YOLO_SCALES, YOLO_VERSIONS, YoloDetector, build_yolo, quiet_ultralytics_env,
+                                ultralytics_family, yolo_predictors)
 
 CHECKPOINT_FORMAT = "xprune-checkpoint-1"
 COCO_TORCHVISION_IDS = list(range(1, 91))  # torchvision's COCO label L is COCO category id L
@@ -74,20 +75,22 @@ def _torchvision_official(builder, weights_enum) -> Callable[[int], Detector]:
     return load
 
 
-def _yolo_family(scale: str) -> tuple[Callable[[int, int], Detector], Callable[[int], Detector]]:
+def _yolo_family(version: str, scale: str) -> tuple[Callable[[int, int], Detector], Callable[[int], Detector]]:
+    name = f"{version}{scale}"
+
     def build(num_classes: int, size: int) -> Detector:
-        model = build_yolo(scale, num_classes)
-        return YoloDetector(f"yolov8{scale}", model, num_classes, size, predictor_layers=yolo_predictors(model))
+        model = build_yolo(scale, num_classes, version)
+        return YoloDetector(name, model, num_classes, size, predictor_layers=yolo_predictors(model))
 
     def load(size: int) -> Detector:
         quiet_ultralytics_env()
         from ultralytics.data.converter import coco80_to_coco91_class
         from ultralytics.utils.downloads import attempt_download_asset
         try:
-            path = attempt_download_asset(f"yolov8{scale}.pt")
+            path = attempt_download_asset(f"{name}.pt")
         except Exception as e:  # Ultralytics raises ConnectionError offline
-            raise XpruneError(f"cannot fetch official weights yolov8{scale}.pt (offline?): {str(e).strip()}") from None
-        det = _load_ultralytics_pt(f"yolov8{scale}", Path(path), size)
+            raise XpruneError(f"cannot fetch official weights {name}.pt (offline?): {str(e).strip()}") from None
+        det = _load_ultralytics_pt(_torch_load(Path(path)), Path(path), name, size)
         det.category_ids = coco80_to_coco91_class()
         return det
     return build, load
@@ -116,9 +119,10 @@ def _families() -> dict[str, Family]:
                                      _torchvision_official(_fasterrcnn, tvd.FasterRCNN_ResNet50_FPN_Weights.DEFAULT),
                                      "torchvision Faster R-CNN ResNet-50 FPN"),
     }
-    for scale in "nsmlx":
-        build, load = _yolo_family(scale)
-        fams[f"yolov8{scale}"] = Family(f"yolov8{scale}", 640, build, load, f"Ultralytics YOLOv8{scale}")
+    for version, title in YOLO_VERSIONS.items():
+        for scale in YOLO_SCALES:
+            build, load = _yolo_family(version, scale)
+            fams[f"{version}{scale}"] = Family(f"{version}{scale}", 640, build, load, f"Ultralytics {title}{scale}")
     fams["tinyssd-jax"] = Family("tinyssd-jax", 320, _tinyssd_jax, None,
                                  'TinySSD in JAX/Flax nnx (pip install "xprune[jax]"; no official weights)',
                                  framework="jax")
@@ -134,19 +138,22 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def build_detector(name: str, weights: str = "none", num_classes: int | None = None,
+def build_detector(name: str | None, weights: str = "none", num_classes: int | None = None,
                    input_size: int | None = None) -> Detector:
-    """weights: 'none' (random init), 'default' (official pretrained, via the library's own loader) or a path."""
-    fam = family(name)
-    if fam.framework == "jax":
+    """weights: 'none' (random init), 'default' (official pretrained, via the library's own loader) or a path.
+    `name` may be None for a checkpoint that says which model it holds (xprune's own, Ultralytics')."""
+    if name is None and weights in ("none", "default"):
+        raise XpruneError(f"--weights {weights} needs --model NAME; only a checkpoint file says which model it holds")
+    fam = family(name) if name is not None else None
+    if fam is not None and fam.framework == "jax":
         from xprune.models.jax import require_jax
         require_jax()  # before anything else: without the extra, one line naming it
     if input_size is not None and (input_size < 32 or input_size % 32):
         raise XpruneError(f"input size must be a positive multiple of 32, got {input_size}")
-    if weights == "none":
+    if fam is not None and weights == "none":
         torch.manual_seed(0)
         det = fam.build(num_classes or 80, input_size or fam.default_size)
-    elif weights == "default":
+    elif fam is not None and weights == "default":
         if fam.load_official is None:
             raise XpruneError(f"no official pretrained weights exist for {name}; use --weights PATH or --weights none")
         det = fam.load_official(input_size or fam.default_size)
@@ -166,45 +173,124 @@ def _torch_load(path: Path):
         raise XpruneError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(e).__name__})") from None
 
 
-def _load_ultralytics_pt(name: str, path: Path, size: int) -> Detector:
-    ckpt = _torch_load(path)
-    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
-    if model is None or not hasattr(model, "yaml"):
+def _ultralytics_model(ckpt) -> torch.nn.Module | None:
+    """The model of an Ultralytics checkpoint (a dict whose 'ema' or 'model' is a DetectionModel), else None."""
+    if not isinstance(ckpt, dict):
+        return None
+    model = ckpt.get("ema") or ckpt.get("model")
+    return model if isinstance(model, torch.nn.Module) and hasattr(model, "yaml") else None
+
+
+def _load_ultralytics_pt(ckpt, path: Path, name: str | None, size: int | None) -> Detector:
+    """An Ultralytics checkpoint; its family and size come from the model's own yaml, and must be `name` if given."""
+    model: Any = _ultralytics_model(ckpt)  # an ultralytics DetectionModel
+    if model is None:
         raise XpruneError(f"{path} is not an Ultralytics detection checkpoint")
+    found = ultralytics_family(model, str(path))
+    if name is not None and found != name:
+        raise XpruneError(f"checkpoint {path} holds a {found} model, not {name}")
     model = model.float()
     from ultralytics.cfg import get_cfg
     model.args = get_cfg()
     for p in model.parameters():
         p.requires_grad_(True)
-    det = YoloDetector(name, model, int(model.yaml["nc"]), size, predictor_layers=yolo_predictors(model))
+    det = YoloDetector(found, model, int(model.yaml["nc"]), size or family(found).default_size,
+                       predictor_layers=yolo_predictors(model))
     det.model.model[-1].dfl.conv.weight.requires_grad_(False)
     return det
 
 
-def load_checkpoint(path: str | os.PathLike, name: str, input_size: int | None = None) -> Detector:
-    path = Path(path)
+# The class-logit conv (or linear) of each torchvision family, and the box-regression conv beside it whose output
+# count is 4 per anchor: a plain state_dict's class count is logits / anchors - 1 (background).
+_STATE_CLASS_KEYS = {
+    "ssd-mobilenetv2": ("head.classification_head.module_list.0", "head.regression_head.module_list.0"),
+    "ssd-resnet50": ("head.classification_head.module_list.0", "head.regression_head.module_list.0"),
+    "ssd-shufflenetv2": ("head.classification_head.module_list.0", "head.regression_head.module_list.0"),
+    "ssdlite320-mbv3": ("head.classification_head.module_list.0", "head.regression_head.module_list.0"),
+    "retinanet-r50-fpn": ("head.classification_head.cls_logits", "head.regression_head.bbox_reg"),
+    "fasterrcnn-r50-fpn": ("roi_heads.box_predictor.cls_score", None),
+}
+
+
+def _plain_state_dict(ckpt) -> dict[str, torch.Tensor] | None:
+    """A state_dict as users' own training loops save it: bare, under 'state_dict' or 'model', or a whole module."""
+    if isinstance(ckpt, torch.nn.Module):
+        return ckpt.state_dict()
+    if isinstance(ckpt, dict):
+        for key in ("state_dict", "model"):
+            inner = ckpt.get(key)
+            if isinstance(inner, torch.nn.Module):
+                return inner.state_dict()
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            return ckpt
+    return None
+
+
+def _classes_in_state(state: dict[str, torch.Tensor], name: str, path: Path) -> int:
+    cls_key, reg_key = _STATE_CLASS_KEYS[name]
+
+    def last_weight(prefix: str) -> torch.Tensor:
+        weights = [v for k, v in state.items() if k.startswith(prefix + ".") and k.endswith("weight") and v.dim() >= 2]
+        if not weights:
+            raise XpruneError(f"checkpoint {path} does not fit {name}: no {prefix} weights")
+        return weights[-1]
+
+    logits = last_weight(cls_key).shape[0]
+    anchors = last_weight(reg_key).shape[0] // 4 if reg_key else 1
+    if anchors < 1 or logits % anchors or logits // anchors < 2:
+        raise XpruneError(f"checkpoint {path} does not fit {name}: {logits} class logits for {anchors} anchors")
+    return logits // anchors - 1
+
+
+def _load_state_dict(state: dict[str, torch.Tensor], path: Path, name: str, input_size: int | None) -> Detector:
+    """A torchvision family's weights from a user's own training: the class count is read off the predictor."""
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel / DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     fam = family(name)
-    if fam.framework == "jax":
+    det = fam.build(_classes_in_state(state, name, path), input_size or fam.default_size)
+    try:
+        det.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as e:
+        raise XpruneError(f"checkpoint {path} does not fit {name}: {str(e).splitlines()[0]}") from None
+    return det.eval()
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None, input_size: int | None = None) -> Detector:
+    """An xprune checkpoint, an Ultralytics detection .pt (YOLOv8, YOLO11) or a torchvision family's plain
+    state_dict. The first two say which model they hold, so `name` may be None; if given, it must agree."""
+    path = Path(path)
+    fam = family(name) if name is not None else None
+    if fam is not None and fam.framework == "jax":
         from xprune.models.jax import require_jax
         require_jax()
         from xprune.models.jax import checkpoint
-        return checkpoint.load_checkpoint(path, name, fam.build, input_size)
+        return checkpoint.load_checkpoint(path, fam.name, fam.build, input_size)
+    if fam is None and path.suffix == ".msgpack":
+        raise XpruneError(f"{path} does not say which model it holds; give --model")
     ckpt = _torch_load(path)
     if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-        if ckpt["family"] != name:
+        if name is not None and ckpt["family"] != name:
             raise XpruneError(f"checkpoint {path} holds a {ckpt['family']} model, not {name}")
+        fam = family(ckpt["family"])
         size = input_size or ckpt["input_size"]
         det = fam.build(ckpt["num_classes"], size)
         state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
         try:
             det.model.load_state_dict(state)
         except RuntimeError as e:
-            raise XpruneError(f"checkpoint {path} does not fit {name}: {str(e).splitlines()[0]}") from None
+            raise XpruneError(f"checkpoint {path} does not fit {fam.name}: {str(e).splitlines()[0]}") from None
         det.category_ids = ckpt.get("category_ids")
         det.meta = ckpt.get("meta") or {}
         return det.eval()
-    if name.startswith("yolov8") and isinstance(ckpt, dict) and "model" in ckpt:
-        return _load_ultralytics_pt(name, path, input_size or fam.default_size).eval()
+    if _ultralytics_model(ckpt) is not None:
+        return _load_ultralytics_pt(ckpt, path, name, input_size).eval()
+    if name is None:
+        raise XpruneError(f"{path} does not say which model it holds; give --model")
+    plain = _plain_state_dict(ckpt)
+    if plain is not None and name in _STATE_CLASS_KEYS:
+        return _load_state_dict(plain, path, name, input_size)
     raise XpruneError(f"{path} is not an xprune checkpoint for {name}")
 
 

@@ -59,7 +59,8 @@ def ultralytics_version() -> str | None:
 
 
 def is_yolo(detector: Detector) -> bool:
-    return detector.family.startswith("yolov8")
+    from xprune.models.yolo import YoloDetector
+    return isinstance(detector, YoloDetector)  # every Ultralytics family: YOLOv8, YOLO11
 
 
 def ultralytics_checkpoint(detector: Detector, path: str | Path, class_names: list[str] | None = None) -> Path:
@@ -197,7 +198,8 @@ def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant],
     `intervals` is given: the peer's mAP, and the paired difference from xprune's unpruned export. The
     comparisons read mAP on ONNX Runtime, the peer's runtime, when the variants were measured there."""
     from xprune.study.measure import onnxruntime_map
-    from xprune.study.stats import latency_fields, paired_summary, pct_change
+    from xprune.bench.paired import paired_summary
+    from xprune.study.stats import latency_fields, pct_change
     from xprune.study.variants import BASELINE, BASELINE_COPY
 
     out = dict(record)

@@ -4,7 +4,8 @@ console table `xprune demo` prints of them."""
 from __future__ import annotations
 
 from xprune.study.settings import StudySettings
-from xprune.study.stats import paired_summary, pct_change
+from xprune.bench.paired import paired_summary
+from xprune.study.stats import pct_change
 from xprune.study.variants import Variant
 
 

@@ -1,9 +1,7 @@
-"""The numbers a study derives from its measurements: changes against the baseline, paired latency ratios of
-interleaved runs, and how far the criteria agree."""
+"""The numbers a study derives from its measurements: changes against the baseline and how far the criteria agree
+(paired latency ratios of interleaved runs: `xprune.bench.paired`)."""
 
 from __future__ import annotations
-
-import numpy as np
 
 from xprune.prune.plan import Infeasible, Plan
 
@@ -14,24 +12,6 @@ def pct_change(value: float | None, base: float | None) -> float | None:
     if value is None or base is None or base == 0:
         return None
     return 100.0 * (value - base) / base
-
-
-def paired_ratios(samples: list[float], base: list[float]) -> list[float]:
-    """Per-round latency ratios of two interleaved sample lists (round i of one with round i of the other)."""
-    n = min(len(samples), len(base))
-    return [samples[i] / base[i] for i in range(n)]
-
-
-def ratio_summary(ratios: list[float]) -> dict:
-    if not ratios:
-        return {"median": None, "p10": None, "p90": None, "n": 0}
-    p10, median, p90 = (float(v) for v in np.percentile(ratios, [10, 50, 90]))
-    return {"median": median, "p10": p10, "p90": p90, "n": len(ratios)}
-
-
-def paired_summary(row: dict, base: dict) -> dict:
-    """`ratio_summary` of two results rows timed in the same interleaved run."""
-    return ratio_summary(paired_ratios(row["samples_ms"], base["samples_ms"]))
 
 
 def latency_fields(row: dict) -> dict:

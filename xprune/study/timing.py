@@ -21,7 +21,7 @@ from xprune.bench.run import BenchSettings, Target, bench, open_target
 from xprune.errors import XpruneError
 from xprune.runtime.registry import BACKENDS as RUNTIME_BACKENDS
 from xprune.study.settings import Log, StudySettings
-from xprune.study.stats import paired_summary
+from xprune.bench.paired import paired_summary
 from xprune.study.variants import BASELINE, BASELINE_COPY, Variant
 
 MODEL, COPY, ZEROED = "model", "copy", "zeroed"  # what of a variant a target runs: it, its A/A copy, its unfolded ONNX

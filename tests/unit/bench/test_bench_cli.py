@@ -167,6 +167,14 @@ def test_interleaved_baseline_and_candidate_then_gate(tiny, tmp_path, capsys):
     assert main(["bench", str(tiny / "y.onnx"), "--baseline", str(tiny / "y.onnx"), "--out", str(run), *FAST]) == 0
     doc = json.loads(run.read_text())
     assert [r["role"] for r in doc["rows"]] == ["baseline", "candidate"] and doc["protocol"]["interleaved"]
+    # the speedup column: the candidate's paired ratio to the baseline, round by round, in the file and the table
+    base, cand = doc["rows"]
+    ratios = [c / b for c, b in zip(cand["samples_ms"], base["samples_ms"])]
+    assert base["vs_baseline"] is None
+    assert cand["vs_baseline"]["median"] == pytest.approx(float(np.median(ratios)))
+    assert cand["vs_baseline"]["n"] == len(ratios)
+    table = capsys.readouterr().out
+    assert "speedup" in table and f"{1 / cand['vs_baseline']['median']:.3f}x" in table
     code, out, _ = run_cli(["gate", "--interleaved", str(run), "--verdict", str(tmp_path / "v.json")], capsys)
     (row,) = json.loads((tmp_path / "v.json").read_text())["rows"]
     # The candidate is paired with the baseline row even though both rows are timed separately (same file twice).

@@ -18,7 +18,7 @@ from xprune.prune.plan import apply_plan, plan_pruning
 from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
 FAMILY_SIZES = {"yolov8n": 64, "ssdlite320-mbv3": 96, "ssd-mobilenetv2": 96, "ssd-shufflenetv2": 96,
-                "ssd-resnet50": 96, "retinanet-r50-fpn": 96, "fasterrcnn-r50-fpn": 96}
+                "ssd-resnet50": 96, "retinanet-r50-fpn": 96, "fasterrcnn-r50-fpn": 96, "yolo11n": 64}
 FAST = ("yolov8n", "ssd-mobilenetv2")  # the fast loop folds one YOLO and one SSD; the full suite every family
 
 
@@ -39,7 +39,8 @@ def _rel_err(a, b) -> float:
 def test_every_zoo_family_is_covered():
     # every registered PyTorch family (one YOLOv8 size stands for all); the JAX ones: tests/unit/models/test_tinyssd_jax.py
     torch_families = {n for n, f in FAMILIES.items() if f.framework == "torch"}
-    assert {n for n in torch_families if not n.startswith("yolov8") or n == "yolov8n"} == set(FAMILY_SIZES)
+    one_per_version = {n for n in torch_families if not n.startswith(("yolov8", "yolo11")) or n in ("yolov8n", "yolo11n")}
+    assert one_per_version == set(FAMILY_SIZES)
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)

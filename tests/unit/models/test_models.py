@@ -8,7 +8,7 @@ from xprune.models import build_detector, load_checkpoint, save_checkpoint
 from xprune.models.zoo import FAMILIES
 
 FAMILY_NAMES = ["ssd-mobilenetv2", "ssd-resnet50", "ssd-shufflenetv2", "ssdlite320-mbv3", "retinanet-r50-fpn",
-                "fasterrcnn-r50-fpn", "yolov8n"]
+                "fasterrcnn-r50-fpn", "yolov8n", "yolo11n"]
 SIZE = 128
 
 
@@ -44,9 +44,10 @@ def test_family_loss_raw_and_predict(name):
 
 
 def test_all_listed_families_are_registered():
-    # every registered PyTorch family (one YOLOv8 size stands for all); the JAX ones: tests/unit/models/test_tinyssd_jax.py
+    # every registered PyTorch family (one size stands for each YOLO version); the JAX ones: tests/unit/models/test_tinyssd_jax.py
     torch_families = {n for n, f in FAMILIES.items() if f.framework == "torch"}
-    assert {n for n in torch_families if not n.startswith("yolov8") or n == "yolov8n"} == set(FAMILY_NAMES)
+    one_per_version = {n for n in torch_families if not n.startswith(("yolov8", "yolo11")) or n in ("yolov8n", "yolo11n")}
+    assert one_per_version == set(FAMILY_NAMES)
 
 
 def test_loss_leaves_batchnorm_statistics_alone():

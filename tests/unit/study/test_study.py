@@ -18,7 +18,8 @@ from xprune.bench.latency import LatencyProtocol
 from xprune.bench.results import read_results
 from xprune.study.report import DASH, load_study, render
 from xprune.study.settings import StudySettings
-from xprune.study.stats import paired_ratios, pct_change, ratio_summary, spearman
+from xprune.bench.paired import paired_ratios, ratio_summary
+from xprune.study.stats import pct_change, spearman
 from xprune.study.sweep import run_study
 
 ROOT = Path(__file__).resolve().parents[3]
