@@ -19,6 +19,7 @@ import numpy as np
 from xprune.bench.environment import environment
 from xprune.bench.latency import LatencyProtocol, measure, summarize
 from xprune.bench.results import new_results
+from xprune.data.coco import dataset_exists
 from xprune.errors import XpruneError
 from xprune.files import file_sha256
 from xprune.runtime.base import CUDA_EVENTS, HOST_CLOCK, Runner
@@ -69,8 +70,8 @@ def bench_files(paths: list[str], settings: BenchSettings, options: TargetOption
     With `baseline`, exactly one candidate is measured against it, interleaved in this one process: the baseline
     row comes first and the rows carry `role` "baseline" / "candidate", which `xprune gate --interleaved` pairs.
     """
-    if settings.data is not None and not settings.data.is_dir():
-        raise XpruneError(f"dataset folder not found: {settings.data}")
+    if settings.data is not None and not dataset_exists(settings.data):
+        raise XpruneError(f"dataset not found: {settings.data}")
     if not paths:
         raise XpruneError("nothing to benchmark: pass .onnx / .engine / .pt files (or --engine FILE)")
     if baseline is not None:

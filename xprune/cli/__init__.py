@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xprune.cli import bench, export, finetune, prune, study
+from xprune.cli import auto, bench, export, finetune, prune, study
 from xprune.cli.common import Parser
 from xprune.errors import XpruneError
 
@@ -15,7 +15,7 @@ from xprune.errors import XpruneError
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="xprune", description="Explainability-guided layer pruning for object detectors.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for stage in (prune, finetune, export, bench, study):
+    for stage in (prune, finetune, export, bench, study, auto):
         stage.add_parsers(sub)
     return ap
 

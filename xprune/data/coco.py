@@ -131,6 +131,20 @@ def first_annotated_split(root: str | Path, splits: tuple[str, ...]) -> str:
     raise XpruneError(f"no annotations/instances_{{{','.join(splits)}}}.json in {root}")
 
 
+def has_split(root: str | Path, split: str) -> bool:
+    """Whether a dataset folder has annotations for `split`, or a data.yaml lists it (calib: or falls back)."""
+    from xprune.data import yolo_format
+    if yolo_format.is_data_yaml(root):
+        return Path(root).is_file() and split in yolo_format.read_data_yaml(root).splits()
+    return (Path(root) / "annotations" / f"instances_{split}.json").is_file()
+
+
+def dataset_exists(root: str | Path) -> bool:
+    """A dataset folder or a data.yaml file is there."""
+    from xprune.data import yolo_format
+    return Path(root).is_file() if yolo_format.is_data_yaml(root) else Path(root).is_dir()
+
+
 def calibration_set(root: str | Path, size: int, images: int) -> CocoDetectionSet:
     """Calibration images: the 'calib' split when the dataset has one, else the start of 'train', else 'val'."""
     split = first_annotated_split(root, ("calib", "train", "val"))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from xprune.data.coco import CocoDetectionSet
+from xprune.data.coco import CocoDetectionSet, has_split
 from xprune.errors import XpruneError
 from xprune.evaluate.coco_map import evaluate_map
 from xprune.files import read_json, write_json
@@ -89,9 +89,9 @@ def held_out_split(root: str | Path, size: int, images: int, skip: int = 0) -> C
     if images < 1 or skip < 0:
         raise XpruneError(f"held-out split needs images >= 1 and skip >= 0, got {images} and {skip}")
     root = Path(root)
-    if not (root / "annotations" / f"instances_{HELD_OUT_SPLIT}.json").is_file():
+    if not has_split(root, HELD_OUT_SPLIT):
         raise XpruneError(f"the budget search evaluates on the '{HELD_OUT_SPLIT}' split, held out from training "
-                          f"and from the val results; {root} has no annotations/instances_{HELD_OUT_SPLIT}.json")
+                          f"and from the val results; {root} has none (a data.yaml: add a 'calib:' entry)")
     data = CocoDetectionSet.from_folder(root, HELD_OUT_SPLIT, size, limit=skip + images)
     if len(data) <= skip:
         raise XpruneError(f"all {len(data)} images of the '{HELD_OUT_SPLIT}' split were used for scoring; score on "

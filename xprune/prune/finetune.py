@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from xprune.data.coco import CocoDetectionSet
+from xprune.data.coco import CocoDetectionSet, dataset_exists, has_split
 from xprune.errors import XpruneError
 from xprune.files import file_sha256, read_json, write_json
 from xprune.models.detector import Detector
@@ -87,11 +87,11 @@ class FinetuneSettings:
 def train_split(data: str | Path, size: int, images: int | None = None) -> CocoDetectionSet:
     """The dataset's train split (the first `images` of it), or one clear error when it has none."""
     root = Path(data)
-    if not root.is_dir():
-        raise XpruneError(f"dataset folder not found: {root}")
-    if not (root / "annotations" / f"instances_{TRAIN_SPLIT}.json").is_file():
-        raise XpruneError(f"{root} has no train split (annotations/instances_{TRAIN_SPLIT}.json): fine-tuning "
-                          f"trains on it")
+    if not dataset_exists(root):
+        raise XpruneError(f"dataset not found: {root}")
+    if not has_split(root, TRAIN_SPLIT):
+        raise XpruneError(f"{root} has no train split (annotations/instances_{TRAIN_SPLIT}.json or a data.yaml "
+                          f"'train:' entry): fine-tuning trains on it")
     train = CocoDetectionSet.from_folder(root, TRAIN_SPLIT, size, limit=images)
     if len(train) == 0:
         raise XpruneError(f"the train split of {root} has no images")

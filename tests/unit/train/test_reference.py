@@ -39,3 +39,25 @@ def test_dataset_stamp_names_the_generator(tmp_path, synth_data):
     assert dataset_stamp(synth_data)[0] == "synth"
     with pytest.raises(XpruneError, match="not written by `xprune data synth`"):
         dataset_stamp(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_jax_reference_is_trained_saved_as_msgpack_and_found(tmp_path, monkeypatch):
+    pytest.importorskip("optax")
+    import xprune.train.reference as train_reference
+    from xprune.data.synth import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig(image_size=128, train=16, val=4, calib=4))  # one batch of 16
+
+    package = tmp_path / "package"
+    package.mkdir()
+    monkeypatch.setattr(reference, "HERE", package)
+    monkeypatch.setattr(train_reference, "REFERENCE_DIR", package)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    info = train_reference.train_reference("tinyssd-jax", data, epochs=1, size=128, train_images=16,
+                                           log=lambda line: None)
+    assert info["checkpoint"] == "tinyssd-jax-synth.msgpack" and info["stored"] == "package"
+    assert 0.0 <= info["val_map"] <= 1.0 and info["epochs"] == 1
+    assert (package / "tinyssd-jax-synth.log").read_text().startswith("epoch 1/1")
+    found = reference.reference_models()
+    assert found["tinyssd-jax"]["sha256"] == file_sha256(package / "tinyssd-jax-synth.msgpack")

@@ -124,7 +124,8 @@ class TrainSet:
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     total = cfg.epochs * steps_per_epoch
     warmup = max(1, min(total - 1, int(cfg.warmup_epochs * steps_per_epoch)))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total, end_value=cfg.lr * 0.01)
+    # a one-step run still needs a decay step after the warm-up step
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), end_value=cfg.lr * 0.01)
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(schedule, weight_decay=cfg.weight_decay))
 
 

@@ -1,0 +1,67 @@
+"""`xprune auto` end to end on a tiny random-init YOLOv8n: every stage's file, a report whose numbers are the
+results files', a resumed run that redoes nothing, and one-line refusals."""
+
+import json
+
+import pytest
+
+from cli_helpers import one_line_error, run_cli
+from xprune.models import build_detector, save_checkpoint
+
+SIZE = 64
+FAST = ["--score-images", "4", "--held-out-images", "4", "--finetune-images", "8", "--runs", "10",
+        "--max-map-drop", "0.5", "--step-rate", "0.2", "--max-rate", "0.4", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, synth_data):
+    det = build_detector("yolov8n", "none", num_classes=6, input_size=SIZE)
+    path = tmp_path_factory.mktemp("auto") / "mine.pt"
+    save_checkpoint(det, path)
+    return path
+
+
+@pytest.mark.slow
+def test_auto_runs_every_stage_and_resumes(weights, synth_data, tmp_path, capsys):
+    out = tmp_path / "job"
+    code, stdout, err = run_cli(["auto", "--weights", str(weights), "--data", str(synth_data), "--out", str(out),
+                                 *FAST], capsys)
+    assert code == 0, err
+    for name in ("scores.json", "pruned.pt", "pruned.plan.json", "baseline.onnx", "model.onnx", "bench.json",
+                 "auto.json", "report.md"):
+        assert (out / name).is_file(), name
+    state = json.loads((out / "auto.json").read_text())
+    assert state["model"] == "yolov8n" and all(state["stages"][s]["done"] for s in
+                                               ("score", "prune", "export", "bench", "verdict"))
+    bench = json.loads((out / "bench.json").read_text())
+    assert [r["role"] for r in bench["rows"]] == ["baseline", "aa-copy", "candidate"]
+    assert bench["protocol"]["interleaved"] and all("map_matches" in r for r in bench["rows"])
+    report = (out / "report.md").read_text()
+    model = bench["rows"][2]
+    assert f"{model['median_ms']:.3f} ms" in report
+    assert f"{state['stages']['bench']['latency']['median']:.3f}" in report
+    assert state["stages"]["verdict"]["accuracy"]["decision"] in report
+    plan = json.loads((out / "pruned.plan.json").read_text())
+    assert all(f"`{c['layer']}`" in report for c in plan["selected"])
+
+    code, _, err = run_cli(["auto", "--weights", str(weights), "--data", str(synth_data), "--out", str(out),
+                            *FAST], capsys)
+    assert code == 0 and err.count("done before, kept") == 5
+
+    code, _, err = run_cli(["auto", "--weights", str(weights), "--data", str(synth_data), "--out", str(out),
+                            *FAST[:-2], "--threads", "2"], capsys)
+    assert code == 2 and "other arguments" in one_line_error(err)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--weights": "missing.pt"}, "checkpoint not found"),
+    ({"--data": "no-such-dir"}, "dataset not found"),
+    ({"--max-map-drop": "2"}, "max-map-drop"),
+    ({"--method": "nope"}, "nope"),
+])
+def test_auto_refuses_bad_input_in_one_line(weights, synth_data, tmp_path, capsys, change, message):
+    args = {"--weights": str(weights), "--data": str(synth_data), "--out": str(tmp_path / "job")}
+    args.update(change)
+    code, _, err = run_cli(["auto", *FAST[:-4], *[x for kv in args.items() for x in kv]], capsys)
+    assert code == 2 and message in one_line_error(err)
+    assert not (tmp_path / "job" / "report.md").exists()

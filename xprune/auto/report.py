@@ -1,0 +1,89 @@
+"""report.md of an `xprune auto` folder, rendered from its files alone (auto.json, bench.json, pruned.plan.json):
+what was removed and why, MACs, the latency ratio beside its A/A control, mAP with its interval, the verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xprune.files import read_json
+
+DASH = "–"
+
+
+def _ratio(v: dict | None) -> str:
+    if not v or v.get("median") is None:
+        return DASH
+    return f"{v['median']:.3f} (p10 {v['p10']:.3f}, p90 {v['p90']:.3f}; {v['n']} rounds)"
+
+
+def _mmacs(x) -> str:
+    return DASH if x is None else f"{x / 1e6:,.1f} M"
+
+
+def render(out: Path) -> str:
+    state = read_json(out / "auto.json", "auto state")
+    s, stages = state["settings"], state["stages"]
+    plan = read_json(out / "pruned.plan.json", "plan")
+    bench = read_json(out / "bench.json", "results file")
+    rows = {r.get("role"): r for r in bench["rows"]}
+    base, model = rows["baseline"], rows["candidate"]
+    timing, exported = stages["bench"], stages["export"]
+    acc = stages["verdict"]["accuracy"]
+    lat = timing["latency"]
+    speedup = 1 / lat["median"] if lat.get("median") else None
+    lines = [
+        f"# xprune auto: {state.get('model')}", "",
+        f"Generated from `auto.json`, `bench.json` and `pruned.plan.json` in this folder (`{state.get('command')}`).",
+        "",
+        f"- Weights `{s['weights']}`, data `{s['data']}`, criterion {s['method']}, mAP budget "
+        f"{s['max_map_drop']} (absolute), {'fine-tuning ' + str(s['finetune_epochs']) + ' epoch(s) per step' if s['finetune_epochs'] else 'no fine-tuning'}.",
+        f"- Environment: {bench['environment'].get('cpu')}, {bench['environment'].get('cpu_count')} logical CPUs; "
+        f"{model['engine']} {model['backend'].get('version') if isinstance(model.get('backend'), dict) else ''}, "
+        f"{model.get('threads')} thread(s), {model['device']}.", "",
+        "## Result", "",
+        "| | baseline | pruned and folded |", "|---|---:|---:|",
+        f"| layers zeroed | 0 | {len(plan['selected'])} of {plan['candidates']} candidates |",
+        f"| MACs (exported graph) | {_mmacs(exported['baseline']['macs_after'])} | "
+        f"{_mmacs(exported['model']['macs_after'])} (−{100 * exported['model']['removed_mac_fraction']:.1f} %) |",
+        f"| median latency | {base['median_ms']:.3f} ms | {model['median_ms']:.3f} ms |",
+        f"| mAP@[.50:.95] ({acc['images']} val images) | {acc['baseline_map']:.4f} | {acc['current_map']:.4f} |", "",
+        f"- **Latency**: paired ratio pruned / baseline {_ratio(lat)}"
+        + (f", a {speedup:.2f}x speedup" if speedup else "") + f"; A/A control (the baseline against a copy of "
+        f"itself in the same run) {_ratio(timing['aa_control'])}: a ratio inside the control's spread is noise.",
+        f"- **Accuracy**: ΔmAP {100 * acc['delta']:+.2f} points (95 % one-sided bounds {100 * acc['delta_low']:+.2f} "
+        f"to {100 * acc['delta_high']:+.2f}, paired bootstrap over the images); against the budget of "
+        f"{100 * s['max_map_drop']:g} points: **{acc['decision']}**.",
+        "- Ship `model.onnx`" + (" or `model.engine`" if "engine" in stages else "") + " (raw boxes and class scores; "
+        "NMS as in `xprune.models.detector.postprocess`).", ""]
+    lines += ["## Layers removed and why", "",
+              f"Ranking: {plan.get('rank', 'plain')} by {plan['method']} score, safe candidates (never a head's final "
+              "predictor; the outputs must still depend on the input).", "",
+              "| layer | score | conv MACs | MACs the fold removes with it alone | why |", "|---|---:|---:|---:|---|"]
+    lines += [f"| `{c['layer']}` | {c['score']:.4g} | {_mmacs(c.get('macs'))} | {_mmacs(c.get('fold_macs'))} | "
+              f"{c['reason']} |" for c in plan["selected"]]
+    path = (plan.get("budget") or {}).get("path") or []
+    if path:
+        lines += ["", "## The budget search, step by step", "",
+                  "Measured on held-out calib images (neither scored on nor reported).", "",
+                  "| step | layers | mAP zeroed | mAP fine-tuned | drop | kept |", "|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {p['step']} | {p['k']} | {p['map_zeroed']:.4f} | {p['map_finetuned']:.4f} | {p['drop']:+.4f} | "
+                  f"{'yes' if p['kept'] else 'no'} |" for p in path]
+    evaluations = (plan.get("budget") or {}).get("evaluations") or []
+    if evaluations and not path:
+        lines += ["", "## The budget search", "", "| layers | mAP | drop | within |", "|---:|---:|---:|---|"]
+        lines += [f"| {e['k']} | {DASH if e['map'] is None else format(e['map'], '.4f')} | "
+                  f"{DASH if e['drop'] is None else format(e['drop'], '+.4f')} | {'yes' if e['within'] else 'no'} |"
+                  for e in evaluations]
+    lines += ["", "## Stages", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {rec['seconds']:.0f} |" for name, rec in stages.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str | Path) -> Path:
+    out = Path(out)
+    path = out / "report.md"
+    text = render(out)
+    from xprune.files import atomic_path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path

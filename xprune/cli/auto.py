@@ -1,0 +1,48 @@
+"""`xprune auto`: score, budgeted prune with fine-tuning, export with the fold, benchmark, report, in one command."""
+
+from __future__ import annotations
+
+import sys
+
+from xprune.cli.common import positive_int
+
+
+def cmd_auto(args) -> None:
+    from xprune.auto.run import AutoSettings, run_auto
+    s = AutoSettings(weights=args.weights, data=args.data, out=args.out, model=args.model, method=args.method,
+                     max_map_drop=args.max_map_drop, score_images=args.score_images,
+                     held_out_images=args.held_out_images, rank=args.rank, finetune_epochs=args.finetune_epochs,
+                     finetune_images=args.finetune_images, step_rate=args.step_rate, max_rate=args.max_rate,
+                     val_images=args.val_images, runs=args.runs, threads=args.threads, engine=args.engine,
+                     fp16=args.fp16)
+    report = run_auto(s, log=lambda m: print(m, file=sys.stderr), command=" ".join(["xprune", *sys.argv[1:]]))
+    print(report.read_text())
+    print(f"report: {report}")
+
+
+def add_parsers(sub) -> None:
+    from xprune.auto.run import AutoSettings
+    d = AutoSettings("", "", "")
+    p = sub.add_parser("auto", help="the whole job on your model and data: score, prune under an mAP budget with "
+                                    "fine-tuning, export with the fold, benchmark, report (resumable)")
+    p.add_argument("--weights", required=True, help="your checkpoint (Ultralytics .pt, xprune .pt, or a state_dict)")
+    p.add_argument("--model", default=None, help="family; optional when the checkpoint says (see `xprune models`)")
+    p.add_argument("--data", required=True, help="COCO-format folder or Ultralytics data.yaml with calib/train/val")
+    p.add_argument("--out", required=True, help="folder for every stage's file and report.md")
+    p.add_argument("--method", default=d.method, help=f"importance criterion (default {d.method})")
+    p.add_argument("--max-map-drop", type=float, default=d.max_map_drop, help="absolute, 0.01 = one mAP point")
+    p.add_argument("--score-images", type=positive_int, default=d.score_images,
+                   help="calib images scored on; the search measures on the ones after them")
+    p.add_argument("--held-out-images", type=positive_int, default=d.held_out_images)
+    p.add_argument("--rank", default=d.rank, help="plain (default) or per-mac")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
+                   help=f"per pruning step (default {d.finetune_epochs}); 0: no fine-tuning, a plain rate search")
+    p.add_argument("--finetune-images", type=positive_int, default=d.finetune_images)
+    p.add_argument("--step-rate", type=float, default=d.step_rate)
+    p.add_argument("--max-rate", type=float, default=d.max_rate)
+    p.add_argument("--val-images", type=positive_int, default=None, help="report mAP on the first N val images")
+    p.add_argument("--runs", type=positive_int, default=d.runs, help="interleaved timing rounds")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--engine", default=d.engine, help="onnx (default) or trt (also build a TensorRT engine)")
+    p.add_argument("--fp16", action="store_true", help="with --engine trt")
+    p.set_defaults(func=cmd_auto)
