@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from xprune.errors import XpruneError
 from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA, LATENCY,
                                    MIN_VAL_IMAGES, QUICK_IMAGES, QUICK_RATES, RATES, SPEED_INPUT_SIZE, SPEED_LATENCY,
                                    SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log, StudySettings,
@@ -23,6 +24,8 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
     ap.add_argument("--data", default=data_default,
                     help="COCO-format dataset; the synthetic set is generated there when missing")
     ap.add_argument("--models", nargs="+", default=None, help=f"default: {_listed(ACCURACY_MODELS + SPEED_MODELS)}")
+    ap.add_argument("--weights", nargs="+", default=None, metavar="MODEL=CHECKPOINT",
+                    help="checkpoints to measure instead of the references (e.g. a model trained on --data)")
     ap.add_argument("--criteria", nargs="+", default=None, help=f"default: {_listed(CRITERIA)}")
     ap.add_argument("--rates", type=float, nargs="+", default=None, help=f"default: {_listed(RATES)}")
     ap.add_argument("--speed-rates", type=float, nargs="+", default=None,
@@ -61,6 +64,21 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def parse_weights(items: list[str] | None) -> dict[str, str] | None:
+    """MODEL=CHECKPOINT pairs, each checkpoint an existing file."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        model, sep, path = item.partition("=")
+        if not sep or not model or not path:
+            raise XpruneError(f"--weights takes MODEL=CHECKPOINT, got '{item}'")
+        if not Path(path).is_file():
+            raise XpruneError(f"checkpoint not found: {path}")
+        out[model] = path
+    return out
+
+
 def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySettings:
     """StudySettings from parsed options: the quick preset with `--quick`, else the paper's; `args.command` is
     recorded in the results."""
@@ -71,12 +89,13 @@ def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySetti
                **_given(onnx_map=args.onnx_map, bootstrap_resamples=args.resamples, order_seed=args.order_seed,
                         models=args.models, criteria=tuple(args.criteria) if args.criteria else None,
                         rates=tuple(args.rates) if args.rates else None, val_images=args.val_images,
-                        calib_images=args.calib_images, backends=tuple(args.backends) if args.backends else None)}
+                        calib_images=args.calib_images, backends=tuple(args.backends) if args.backends else None,
+                        weights=parse_weights(getattr(args, "weights", None)))}
     if args.quick:
         return StudySettings.quick(Path(args.out), **changes)
     refs = reference_models()
     for m in args.models or default_models():
-        if m in ACCURACY_MODELS and m not in refs:
+        if m in ACCURACY_MODELS and m not in refs and m not in changes.get("weights", {}):
             log(f"warning: no reference checkpoint for {m} in xprune/reference/: it gets speed-only rows "
                 "(random init); run benchmarks/train_reference.py first for accuracy rows")
     changes.update(_given(speed_rates=tuple(args.speed_rates) if args.speed_rates else None,

@@ -246,3 +246,20 @@ def test_study_json_is_plain_json(study):
     text = study[0].read_text()
     assert not re.search(r"\bNaN\b|\bInfinity\b", text)
     json.loads(text)
+
+
+@pytest.mark.parametrize("given, message", [(["yolov8n"], "MODEL=CHECKPOINT"), (["yolov8n=missing.pt"], "not found"),
+                                            (["=x.pt"], "MODEL=CHECKPOINT")])
+def test_study_weights_option_is_checked_in_one_line(given, message, tmp_path, capsys):
+    from cli_helpers import one_line_error, run_cli
+    code, _, err = run_cli(["study", "--models", "yolov8n", "--weights", *given, "--out", str(tmp_path)], capsys)
+    assert code == 2 and message in one_line_error(err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_study_weights_option_names_the_checkpoint_per_model(tmp_path):
+    from xprune.study.options import parse_weights
+    ckpt = tmp_path / "mine.pt"
+    ckpt.write_bytes(b"x")
+    assert parse_weights([f"yolov8n={ckpt}"]) == {"yolov8n": str(ckpt)}
+    assert parse_weights(None) is None
