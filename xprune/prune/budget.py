@@ -352,8 +352,9 @@ def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | N
     split. Each step's training state lives in `work_dir` (named by its layers), so an interrupted search rerun
     with the same arguments replays the finished steps without training them again. The detector is left
     fine-tuned at the chosen plan, which carries the search as `budget`."""
-    from xprune.prune.finetune import finetune_layers, train_split
+    from xprune.prune.finetune import finetune_layers, require_torch, train_split
 
+    require_torch(detector)
     max_map_drop = check_max_map_drop(max_map_drop)
     if not data:
         raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")

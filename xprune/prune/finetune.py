@@ -98,11 +98,21 @@ def train_split(data: str | Path, size: int, images: int | None = None) -> CocoD
     return train
 
 
+def require_torch(detector: Detector) -> None:
+    """Masked fine-tuning runs torch's autograd and optimizers: a JAX family is refused in one line."""
+    framework = getattr(detector, "framework", "torch")
+    if framework != "torch":
+        raise XpruneError(f"fine-tuning with zeroed layers held at zero is implemented for the PyTorch families; "
+                          f"{detector.family} is a {framework} model")
+
+
 def finetune_layers(detector: Detector, train: CocoDetectionSet, layers: list[str], settings: FinetuneSettings,
                     state_path: str | Path, log: Log = print, progress: bool = False) -> list[dict]:
     """Fine-tune `detector` in place with `layers` held at zero; returns the per-epoch records. The state file
     (written every epoch) resumes an interrupted run."""
     from tqdm import tqdm
+
+    require_torch(detector)
 
     steps = -(-len(train) // settings.batch_size)
     bar = tqdm(total=settings.epochs * steps, desc="fine-tune", unit="step", disable=not progress, leave=False)
@@ -179,6 +189,7 @@ def finetune_checkpoint(model: str, weights: str | Path, data: str | Path, epoch
     if not Path(weights).is_file():
         raise XpruneError(f"checkpoint not found: {weights} (fine-tuning needs a pruned checkpoint)")
     det = build_detector(model, str(weights), input_size=input_size)
+    require_torch(det)
     plan = plan_of(det, weights)
     train = train_split(data, det.input_size, train_images)
     val = CocoDetectionSet.from_folder(data, "val", det.input_size, limit=val_images)

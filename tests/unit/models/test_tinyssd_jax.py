@@ -425,3 +425,16 @@ def test_cli_rejects_criteria_jax_does_not_compute(det, tmp_path, capsys):
                             "--out", str(tmp_path / "s.json")], capsys)
     assert code == 2 and "not available for tinyssd-jax (JAX)" in one_line_error(err)
     assert not (tmp_path / "s.json").exists()
+
+
+def test_masked_finetuning_refuses_a_jax_model_in_one_line(tmp_path, capsys):
+    from cli_helpers import one_line_error, run_cli
+    from xprune.models import save_checkpoint
+    from xprune.models.jax.detector import build_tinyssd
+
+    det = build_tinyssd(3, 64)
+    path = tmp_path / "tiny.msgpack"
+    save_checkpoint(det, path)
+    code, _, err = run_cli(["finetune", "--model", "tinyssd-jax", "--weights", str(path), "--data", str(tmp_path),
+                            "--epochs", "1", "--out", str(tmp_path / "ft.msgpack")], capsys)
+    assert code == 2 and "PyTorch families" in one_line_error(err)
