@@ -55,6 +55,9 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
     ap.add_argument("--quick", action="store_true",
                     help=f"tiny smoke settings: random-init yolov8n at 64 px, rates {_listed(QUICK_RATES)}, 3 timed "
                          f"runs, {QUICK_IMAGES} images")
+    ap.add_argument("--train-missing", action="store_true",
+                    help="first train the reference of every study model that has none (says how long first; "
+                         "an interrupted run resumes)")
     ap.add_argument("--render-only", action="store_true", help="only redraw report.md and the figures")
     ap.add_argument("--study", default=None,
                     help="with --render-only: the study.json to render into OUT (default: OUT/study.json)")
@@ -105,6 +108,27 @@ def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySetti
                                **changes)
 
 
+def train_missing(models: list[str], data: Path, log: Log = print) -> list[str]:
+    """Train (or resume) the reference of every model in `models` that has none, after saying how long each will
+    take on this machine. Returns the models trained."""
+    from xprune.reference import reference_models
+    from xprune.train.reference import FAMILIES, default_epochs, estimate_seconds, train_reference
+
+    refs = reference_models()
+    missing = [m for m in models if m in FAMILIES and m not in refs]
+    if not missing:
+        log("--train-missing: every model of the study has its reference")
+        return []
+    for m in missing:
+        epochs = default_epochs(m)
+        minutes = estimate_seconds(m, data, epochs) / 60
+        log(f"--train-missing: {m}, {epochs} epochs: about {minutes:.0f} min of training steps on this machine "
+            "(interrupted, the same command resumes from the last epoch)")
+    for m in missing:
+        train_reference(m, data, log=log)
+    return missing
+
+
 def run_and_report(args: argparse.Namespace, log: Log = print,
                    synthesize_data: bool = False) -> tuple[Path, Path]:
     """Run the study the options describe (with `--render-only`, only read it) and write report.md and the figures
@@ -124,5 +148,9 @@ def run_and_report(args: argparse.Namespace, log: Log = print,
             from xprune.data.synth import SynthConfig, generate
             log(f"generating the synthetic dataset in {settings.data}")
             generate(settings.data, SynthConfig())
+        if getattr(args, "train_missing", False):
+            from xprune.study.sweep import study_dataset
+            train_missing(list(settings.models), study_dataset(settings), log)
+            settings = settings_from_args(args, log)  # the new references give accuracy rows
         study = run_study(settings, log=log)
     return study, write_report(study, out)

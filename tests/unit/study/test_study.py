@@ -263,3 +263,19 @@ def test_study_weights_option_names_the_checkpoint_per_model(tmp_path):
     ckpt.write_bytes(b"x")
     assert parse_weights([f"yolov8n={ckpt}"]) == {"yolov8n": str(ckpt)}
     assert parse_weights(None) is None
+
+
+def test_train_missing_says_how_long_then_trains_only_what_is_missing(tmp_path, monkeypatch):
+    import xprune.reference as reference
+    import xprune.train.reference as train_reference
+    from xprune.study.options import train_missing
+
+    trained: list[str] = []
+    monkeypatch.setattr(reference, "reference_models", lambda dataset="synth": {"yolov8n": {}})
+    monkeypatch.setattr(train_reference, "estimate_seconds", lambda model, data, epochs: 600.0)
+    monkeypatch.setattr(train_reference, "train_reference", lambda model, data, log=print: trained.append(model))
+    lines: list[str] = []
+    done = train_missing(["yolov8n", "ssd-mobilenetv2", "ssd-shufflenetv2", "yolov8s"], tmp_path, lines.append)
+    assert done == trained == ["ssd-mobilenetv2", "ssd-shufflenetv2"]  # yolov8s has no reference training
+    assert len(lines) == 2 and all("about 10 min" in line and "resumes" in line for line in lines)
+    assert train_missing(["yolov8n"], tmp_path, lines.append) == [] and "every model" in lines[-1]
