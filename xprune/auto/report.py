@@ -30,6 +30,7 @@ def render(out: Path) -> str:
     timing, exported = stages["bench"], stages["export"]
     acc = stages["verdict"]["accuracy"]
     lat = timing["latency"]
+    backend = model["backend"] if isinstance(model.get("backend"), dict) else {}
     speedup = 1 / lat["median"] if lat.get("median") else None
     lines = [
         f"# xprune auto: {state.get('model')}", "",
@@ -38,8 +39,8 @@ def render(out: Path) -> str:
         f"- Weights `{s['weights']}`, data `{s['data']}`, criterion {s['method']}, mAP budget "
         f"{s['max_map_drop']} (absolute), {'fine-tuning ' + str(s['finetune_epochs']) + ' epoch(s) per step' if s['finetune_epochs'] else 'no fine-tuning'}.",
         f"- Environment: {bench['environment'].get('cpu')}, {bench['environment'].get('cpu_count')} logical CPUs; "
-        f"{model['engine']} {model['backend'].get('version') if isinstance(model.get('backend'), dict) else ''}, "
-        f"{model.get('threads')} thread(s), {model['device']}.", "",
+        f"{model['engine']} {backend.get('version', '')}, {backend.get('threads', model.get('threads'))} thread(s), "
+        f"{model['device']}.", "",
         "## Result", "",
         "| | baseline | pruned and folded |", "|---|---:|---:|",
         f"| layers zeroed | 0 | {len(plan['selected'])} of {plan['candidates']} candidates |",
@@ -66,8 +67,10 @@ def render(out: Path) -> str:
         lines += ["", "## The budget search, step by step", "",
                   "Measured on held-out calib images (neither scored on nor reported).", "",
                   "| step | layers | mAP zeroed | mAP fine-tuned | drop | kept |", "|---:|---:|---:|---:|---:|---|"]
-        lines += [f"| {p['step']} | {p['k']} | {p['map_zeroed']:.4f} | {p['map_finetuned']:.4f} | {p['drop']:+.4f} | "
+        lines += [f"| {p['step']} | {p['k']} | {p['map_zeroed']:.4f} | "
+                  f"{DASH if p['map_finetuned'] is None else format(p['map_finetuned'], '.4f')} | {p['drop']:+.4f} | "
                   f"{'yes' if p['kept'] else 'no'} |" for p in path]
+        lines += ["", "A step within the budget as zeroed is kept without fine-tuning (–)."]
     evaluations = (plan.get("budget") or {}).get("evaluations") or []
     if evaluations and not path:
         lines += ["", "## The budget search", "", "| layers | mAP | drop | within |", "|---:|---:|---:|---|"]
