@@ -379,14 +379,34 @@ def _conv_value(node: gs.Node, x: np.ndarray, uniform: bool, in_shape, out_shape
     compact = (1, m) + (1,) * (len(out_shape) - 2)
     if not np.any(x):
         return b.reshape(compact).astype(w.values.dtype)
-    if not uniform or not _padding_free(node):
+    if not uniform:
         return None
+    if not _padding_free(node):
+        return _padded_conv_value(node, x, in_shape, w.values, b)
     group = node.attrs.get("group", 1)
     c = _channels(x, in_shape).reshape(-1).astype(np.float64)
     kernel = w.values.astype(np.float64).reshape(m, w.shape[1], -1).sum(axis=2)  # [M, C/group]
     per = c.reshape(group, -1)  # [group, C/group]
     y = np.einsum("gmc,gc->gm", kernel.reshape(group, m // group, -1), per).reshape(-1) + b
     return y.reshape(compact).astype(w.values.dtype)
+
+
+def _padded_conv_value(node: gs.Node, x: np.ndarray, in_shape, w: np.ndarray, b: np.ndarray):
+    """A padded 2-D Conv of a uniform input at its full size: the zero padding makes the border differ from the
+    centre, and what follows can still make it constant (a Clip or ReLU of all-negative values is all zero), which
+    the fold sees because it computes every constant. None for other ranks or implicit padding."""
+    if len(in_shape) != 4 or _attr(node, "auto_pad", "NOTSET") != "NOTSET":
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    top, left, bottom, right = node.attrs.get("pads", [0, 0, 0, 0])
+    full = np.broadcast_to(_channels(x, in_shape), (1, *in_shape[1:])).astype(np.float32)
+    with torch.no_grad():
+        y = F.conv2d(F.pad(torch.from_numpy(full), (left, right, top, bottom)), torch.from_numpy(w.astype(np.float32)),
+                     torch.from_numpy(b.astype(np.float32)), stride=tuple(node.attrs.get("strides", [1, 1])),
+                     dilation=tuple(node.attrs.get("dilations", [1, 1])), groups=node.attrs.get("group", 1))
+    return y.numpy().astype(w.dtype)
 
 
 def _split_values(node: gs.Node, x: np.ndarray, in_shape, inputs) -> list:

@@ -12,8 +12,8 @@ from xprune.runtime.registry import BACKENDS
 from xprune.study.settings import FORMAT, READABLE_FORMATS, STUDY_FILE
 
 BACKEND_TITLES = {
-    "torch": "the model's own framework, CPU (PyTorch eager; tinyssd-jax: JAX jit) — zeroed weights, dense compute "
-             "(the paper's setting)",
+    "torch": "PyTorch eager, CPU (tinyssd-jax: its own framework, JAX jit) — zeroed weights, dense compute (the "
+             "paper's setting)",
     "onnxruntime": "ONNX Runtime, CPU — exported raw heads with the zeroed layers folded out (xprune)",
     "tensorrt": "TensorRT — engines built from the folded ONNX",
 }

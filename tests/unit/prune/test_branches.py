@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -130,6 +130,7 @@ def _check_random_net(seed: int) -> None:
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**31 - 1))
+@example(seed=32656764)  # a ReLU6 zeroes a padded conv's constant output everywhere: the fold absorbs that slice
 def test_analysis_matches_the_fold_on_random_graphs(seed):
     _check_random_net(seed)
 
