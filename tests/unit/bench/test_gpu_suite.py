@@ -185,6 +185,7 @@ def test_paired_ratio_pairs_rounds():
 
 # --- the onnx2torch backend --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_onnx2torch_matches_onnxruntime_on_a_folded_export(folded_onnx):
     runner, facts = backend_named("onnx2torch").open(folded_onnx, TargetOptions())
     assert facts["variant"] == "folded" and facts["input_shape"] == [1, 3, 64, 64]

@@ -18,6 +18,7 @@ def scores_file(tmp_path, capsys, synth_data):
     return path
 
 
+@pytest.mark.slow
 def test_score_prune_evaluate_roundtrip(tmp_path, capsys, synth_data, scores_file):
     out = tmp_path / "pruned.pt"
     code, stdout, _ = run_cli(["prune", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data",

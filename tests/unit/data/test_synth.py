@@ -41,6 +41,7 @@ def test_reuse_and_refuse_foreign_folder(tmp_path):
     assert (foreign / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_object_sizes_follow_coco_and_backgrounds_are_photographs(tmp_path):
     """At the model's input size, the mix is COCO-like and every branch of a multi-scale head gets objects."""
     out = generate(tmp_path / "d", SynthConfig(train=0, val=60, calib=0))

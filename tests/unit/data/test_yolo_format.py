@@ -149,6 +149,7 @@ def test_cli_bad_yaml_exits_2_with_one_line(tmp_path, capsys):
     assert code == 2 and "data.yaml not found" in one_line_error(err)
 
 
+@pytest.mark.slow
 def test_cli_evaluates_a_data_yaml(yolo_yaml, tmp_path, capsys):
     code, out, _ = run_cli(["evaluate", "--model", "yolov8n", "--weights", "none", "--input-size", "64",
                             "--data", str(yolo_yaml), "--limit", "2", "--latency-runs", "1",

@@ -12,7 +12,8 @@ from xprune.models import build_detector
 SIZE = 128
 
 
-@pytest.mark.parametrize("family", ["yolov8n", "ssdlite320-mbv3", "ssd-mobilenetv2", "retinanet-r50-fpn", "tinyssd-jax"])
+@pytest.mark.parametrize("family", ["yolov8n", "ssdlite320-mbv3", "ssd-mobilenetv2", "retinanet-r50-fpn",
+                                    pytest.param("tinyssd-jax", marks=pytest.mark.slow)])
 def test_levels_add_up_to_the_raw_outputs(family):
     det = build_detector(family, "none", num_classes=3, input_size=SIZE)
     with torch.no_grad():

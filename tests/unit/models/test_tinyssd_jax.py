@@ -84,6 +84,7 @@ def test_loss_is_finite_and_leaves_batchnorm_statistics_alone(det):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_loss_decreases_in_a_few_training_steps():
     from xprune.models.jax.train import TrainConfig, make_optimizer, make_train_step
 
@@ -162,7 +163,7 @@ def test_data_free_scores_cover_every_conv_in_the_pytorch_format(det, method):
     assert by["cls.0"]["macs"] == 9 * 64 * a * s * s + a * s * s  # with its bias, as ptflops counts
 
 
-@pytest.mark.parametrize("method", ["attr", "taylor"])
+@pytest.mark.parametrize("method", ["attr", pytest.param("taylor", marks=pytest.mark.slow)])
 def test_gradient_scores_cover_every_conv_and_a_zeroed_conv_scores_zero(calib, method):
     d = build_detector("tinyssd-jax", "none", num_classes=CLASSES, input_size=SIZE)
     doc = score_layers(d, method, calib, batch_size=4)
@@ -310,6 +311,7 @@ def exported(tmp_path_factory):
     return d, out, zeroed_report, folded_report, conv_facts(d)
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_export_matches_jax_and_carries_metadata(exported):
     import onnx
 
@@ -334,6 +336,7 @@ def test_export_matches_jax_and_carries_metadata(exported):
             assert _rel_err(a.infer(x), b.infer(x)) <= 1e-5
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_fold_removes_exactly_the_work_the_zeroed_conv_made_pointless(exported):
     _, _, zeroed_report, folded_report, facts = exported
     # blocks.2.0 zeroed (no bias, BatchNorm after it): its output is constant, and so are blocks.2.1's, the pooled
@@ -371,6 +374,7 @@ def test_reference_checkpoint_is_listed_and_loads():
     assert (det.input_size, det.num_classes, det.category_ids) == (320, 6, [1, 2, 3, 4, 5, 6])
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_pruned_reference_exports_and_folds_exactly(synth_data, tmp_path):
     pytest.importorskip("jax2onnx")
     from xprune.export.onnx_export import export_onnx
@@ -391,6 +395,7 @@ def test_pruned_reference_exports_and_folds_exactly(synth_data, tmp_path):
 
 # --- the command line ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_cli_score_prune_export_bench(synth_data, tmp_path, capsys):
     scores, pruned, onnx_path = tmp_path / "s.json", tmp_path / "p.msgpack", tmp_path / "p.onnx"
     base = tmp_path / "base.msgpack"

@@ -98,6 +98,7 @@ def _rel_err(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) / max(1.0, float(np.max(np.abs(x)))) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_yolo11_scores_prunes_and_folds_exactly(ckpts, synth_data, tmp_path):
     det = load_checkpoint(ckpts["yolo11n"], None, SIZE)
     l1 = score_layers(det, "l1")

@@ -231,6 +231,7 @@ def test_every_yolo_conv_maps_to_its_node(yolo, yolo_analysis):
     assert all(len(nodes) == 1 for nodes in yolo_analysis.nodes_of_layer.values())
 
 
+@pytest.mark.slow
 def test_yolo_branches_match_the_fold(yolo_analysis):
     assert_matches_the_fold(yolo_analysis, YOLO_LAYERS, pairs=1)
     bottleneck = yolo_analysis.branch("model.2.m.0.cv1.conv")
