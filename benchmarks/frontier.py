@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xprune.errors import XpruneError  # noqa: E402
-from xprune.files import read_json, write_json, write_with  # noqa: E402
+from xprune.files import display_path, read_json, write_json, write_with  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FORMAT = "xprune-frontier-1"
@@ -241,7 +241,7 @@ def run(s: Settings, data: Path, out: Path, command: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="xprune-frontier-") as tmp:
         for name in s.models:
             models.append(run_model(name, s, data, Path(tmp)))
-    doc = {"format": FORMAT, "command": command, "settings": {**asdict(s), "data": str(data)},
+    doc = {"format": FORMAT, "command": command, "settings": {**asdict(s), "data": display_path(data)},
            "goal": {"latency_ratio": GOAL_RATIO, "max_map_drop": BUDGET}, "environment": environment(),
            "seconds": round(time.time() - t0, 1), "models": models}
     write_json(out, doc)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xprune.errors import XpruneError  # noqa: E402
-from xprune.files import write_json  # noqa: E402
+from xprune.files import display_path, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FORMAT = "xprune-head-levels-1"
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         models = [measure(n, refs[n], data, args.threshold, args.val_images)
                   for n in ("yolov8n", "ssdlite320-mbv3", "tinyssd-jax") if n in refs]
         doc = {"format": FORMAT, "command": " ".join(["python benchmarks/head_levels.py", *(argv or sys.argv[1:])]),
-               "data": str(data), "threshold": args.threshold, "seconds": round(time.time() - t0, 1),
+               "data": display_path(data), "threshold": args.threshold, "seconds": round(time.time() - t0, 1),
                "models": models}
         out = Path(args.out)
         write_json(out / "head_levels.json", doc)
