@@ -155,3 +155,16 @@ def test_cli_evaluates_a_data_yaml(yolo_yaml, tmp_path, capsys):
                             "--data", str(yolo_yaml), "--limit", "2", "--latency-runs", "1",
                             "--out", str(tmp_path / "m.json")], capsys)
     assert code == 0 and json.loads((tmp_path / "m.json").read_text())[0]["map"] >= 0
+
+
+def test_the_budget_search_holds_out_the_calib_images_scored_on_a_data_yaml(yolo_yaml, synth_data):
+    from xprune.data.coco import calibration_set
+    from xprune.files import display_path
+    from xprune.prune.budget import held_out_split, scored_calib_images
+
+    for root in (yolo_yaml, synth_data):  # the same rule for both layouts
+        calib = calibration_set(root, 64, 3)
+        scores = {"calibration": {"annotations": display_path(calib.annotations), "images": 3}}
+        assert scored_calib_images(scores, root) == 3
+        held = held_out_split(root, 64, 8, skip=3)
+        assert not set(held.image_ids) & set(calib.image_ids)
