@@ -4,6 +4,7 @@ for every way of comparing, with every run a separate process; and the accuracy 
     python benchmarks/gate_quality.py                 # 80 repetitions x 4 processes of 30 samples (see below)
     python benchmarks/gate_quality.py --quick         # smoke run (8 repetitions, a small accuracy part)
     python benchmarks/gate_quality.py --report-only   # re-render the .md from the .json
+    python benchmarks/gate_quality.py --rescore       # judge the recorded runs again with today's gate code
 
 Three plain conv nets (`xprune.bench.drift.conv_net`, written as ONNX files): A (a stem and 20 equal 3x3 convs
 at 48x48), B5 = A plus one more equal conv (+5.0 % MACs) and B10 = A plus two (+10.0 %): the injected slowdowns.
@@ -142,6 +143,13 @@ def _paired(a: dict, b: dict) -> float:
 
 # --- scoring ---------------------------------------------------------------------------------------------------
 
+def _run_level(row: dict, relative: bool) -> float:
+    """The run's statistic in history mode: its median latency, or its median model/reference ratio."""
+    if relative:
+        return statistics.median(m / r for m, r in zip(row["samples_ms"], row["reference_samples_ms"]))
+    return statistics.median(row["samples_ms"])
+
+
 def _one_row(doc: dict, index: int) -> dict:
     return {**doc, "rows": [doc["rows"][index]]}
 
@@ -163,7 +171,7 @@ def judge_history(history: list[dict], current: dict, window: int) -> dict:
             r = history_gate(history, current, max_regression=tol, window=window, min_history=min(window, 5),
                              relative=relative).rows[0]
             out[f"{mode}@{tol:g}"] = {"ratio": r.ratio, "threshold": r.threshold, "detectable": r.detectable,
-                                      "spread": r.spread, "decision": r.decision}
+                                      "spread": r.spread, "rule": r.rule, "decision": r.decision}
     return out
 
 
@@ -209,6 +217,7 @@ def analyse_history(trials: list[dict]) -> dict:
         s["threshold_median"] = statistics.median(t["threshold"] for t in aa) if aa else None
         s["detectable_median"] = statistics.median(t["detectable"] for t in aa) if aa else None
         s["spread_median"] = statistics.median(t["spread"] for t in aa) if aa else None
+        s["rules"] = sorted({t.get("rule", "normal") for t in aa})  # results before the rank rule: all normal
         out[setting] = s
     return out
 
@@ -243,7 +252,13 @@ def score_latency(reps: list[dict], args) -> dict:
                       "interleaved_p5": float(np.quantile(inter, 0.05)),
                       "interleaved_p95": float(np.quantile(inter, 0.95)),
                       "separate_runs_median": statistics.median(sep)}
-    return {"lag": lag, "separate": {"pairs": separate, "analysis": analyse_pairs(separate)},
+    # the between-run scatter history mode has to model: each A run's level relative to the runs' median
+    levels = {}
+    for mode, relative in MODES.items():
+        vals = [_run_level(r["A"]["rows"][0], relative) for r in reps]
+        med = statistics.median(vals)
+        levels[mode] = [v / med for v in vals]
+    return {"lag": lag, "a_run_levels": levels, "separate": {"pairs": separate, "analysis": analyse_pairs(separate)},
             "history": history, "interleaved": {"pairs": interleaved, "analysis": analyse_pairs(interleaved)},
             "true_slowdown": slow}
 
@@ -357,6 +372,9 @@ def render_markdown(doc: dict) -> str:
         f"- Machine: {env.get('cpu')}, {env.get('cpu_count')} logical CPUs; onnxruntime "
         f"{env.get('libraries', {}).get('onnxruntime')}, {s['threads']} intra-op thread(s), spinning off; "
         f"{doc['started']}; wall time {doc['wall_s']:.0f} s."]
+    if doc.get("rescored"):
+        lines.append(f"- Judged again on {doc['rescored']} (`--rescore`): the runs measured on {doc['started']}, "
+                     f"the gate code of that later date.")
     if lat is not None:
         lines += _latency_markdown(s, lat)
     acc = doc.get("accuracy")
@@ -389,16 +407,26 @@ def _latency_markdown(s: dict, lat: dict) -> list[str]:
             f"{sep[mode]['A/A']['rules'][rule]['count']}/{sep[mode]['A/A']['rules'][rule]['n']} / "
             f"{sep[mode]['+10%']['rules'][rule]['count']}/{sep[mode]['+10%']['rules'][rule]['n']}" for mode in MODES)
             + " |")
+    lines.append("")
+    for mode, relative in MODES.items():
+        levels = sorted(lat["a_run_levels"][mode]) if "a_run_levels" in lat else []
+        if levels:
+            lines.append(f"- Every A run's median{' model/reference ratio' if relative else ''}, divided by their "
+                         f"median, sorted ({mode}): " + " ".join(f"{v:.3f}" for v in levels) + ".")
     lines += ["", "## Separate processes, history mode (`xprune gate --history DIR --current b.json`)", "",
               "The A runs of the W repetitions before i as the history, against the runs of repetition i. "
               "Tolerance 0.05 is the default (`--max-regression`, a floor under the threshold); tolerance 0 shows "
               "the threshold from the spread alone.", "",
-              "| W | mode | tolerance | false alarms (A/A) | detection of +5% | detection of +10% | median threshold "
-              "| median detectable (80%) | median spread |", "|---:|---|---:|---|---|---|---:|---:|---:|"]
+              "Rule: 'rank' = slower than the ceil((W + 1) x 0.95)-th smallest history run (at W = 20: slower than "
+              "all 20), distribution-free; 'normal' = more than k robust spreads above the history's median, k "
+              "exact for normally scattered runs (histories under 19 runs at 5 %).", "",
+              "| W | mode | rule | tolerance | false alarms (A/A) | detection of +5% | detection of +10% | median threshold "
+              "| median detectable (80%) | median spread |", "|---:|---|---|---:|---|---|---|---:|---:|---:|"]
     for w, h in lat["history"].items():
         for setting, a in h["analysis"].items():
             mode, tol = setting.split("@")
-            lines.append(f"| {w} | {mode} | {tol} | {_pct(a['A/A']['fails'])} | {_pct(a['+5%']['fails'])} "
+            rule = ", ".join(a.get("rules", ["normal"]))
+            lines.append(f"| {w} | {mode} | {rule} | {tol} | {_pct(a['A/A']['fails'])} | {_pct(a['+5%']['fails'])} "
                          f"| {_pct(a['+10%']['fails'])} | {a['threshold_median']:.3f} | {a['detectable_median']:.3f} "
                          f"| {100 * a['spread_median']:.2f}% |")
     lines += ["", "## One interleaved run (`xprune bench CANDIDATE --baseline BASELINE`, `xprune gate --interleaved`)",
@@ -459,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON path (default benchmarks/results/gate_quality.json, .quick.json with --quick)")
     ap.add_argument("--report-only", action="store_true", help="re-render the .md from an existing JSON")
+    ap.add_argument("--rescore", action="store_true",
+                    help="judge the runs recorded in an existing JSON again with the current gate code (no timing)")
     args = ap.parse_args(argv)
     out = args.out or RESULTS_DIR / ("gate_quality.quick.json" if args.quick else "gate_quality.json")
     try:
@@ -469,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                                   f"benchmark again to render it")
             print(write_report(doc, out))
             return 0
+        if args.rescore:
+            return rescore(out, args)
         if args.quick:
             args.runs, args.samples = min(args.runs, 8), min(args.samples, 10)
             args.windows, args.accuracy_images, args.accuracy_subsets = "5", min(args.accuracy_images, 16), 2
@@ -482,6 +514,19 @@ def main(argv: list[str] | None = None) -> int:
     except XpruneError as e:
         print(f"gate_quality: error: {e}", file=sys.stderr)
         return 2
+
+
+def rescore(out: Path, args) -> int:
+    """Judge the raw runs of an earlier measurement again (the gate's rules changed, the runs did not)."""
+    doc = read_json(out, "gate-quality results")
+    if doc.get("format") != FORMAT or not doc.get("repetitions") or doc.get("latency") is None:
+        raise XpruneError(f"{out} holds no latency runs of this gate_quality.py's format to judge again")
+    args.windows, args.lag = doc["settings"]["windows"], doc["latency"]["lag"]
+    doc["latency"] = score_latency(doc["repetitions"], args)
+    doc["rescored"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    write_with(out, lambda tmp: tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n"))
+    print(write_report(doc, out))
+    return 0
 
 
 def run(args, out: Path) -> int:

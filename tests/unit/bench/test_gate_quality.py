@@ -2,6 +2,7 @@
 takes minutes; it is smoke-run by hand): every comparison kind and mode is counted, and the rates follow."""
 
 import importlib.util
+import json
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -74,7 +75,28 @@ def test_report_renders_from_the_json_alone(gq, tmp_path):
                         "max_regression": 0.05, "confidence": 0.95, "resamples": 2000, "false_alarm": 0.05},
            "latency": lat, "accuracy": None}
     md = gq.render_markdown(doc)
-    assert "history mode" in md and "| 5 | relative | 0.05 |" in md and "QUICK" in md
+    assert "history mode" in md and "| 5 | relative | normal | 0.05 |" in md and "QUICK" in md
     path = tmp_path / "q.json"
     path.write_text("{}")
     assert gq.main(["--report-only", "--out", str(path)]) == 2  # not this script's JSON: one line, exit 2
+    assert gq.main(["--rescore", "--out", str(path)]) == 2
+
+
+def test_rescore_judges_the_recorded_runs_again(gq, tmp_path):
+    reps = _reps(n=8, seed=2)
+    lat = gq.score_latency(reps, Namespace(lag=None, windows=[5]))
+    stale = {**lat, "history": {}}  # as if an older gate had judged nothing in history mode
+    doc = {"format": gq.FORMAT, "json_name": "q.json", "started": "then", "wall_s": 1.0,
+           "environment": {"cpu": "x", "cpu_count": 2, "libraries": {}},
+           "settings": {"quick": True, "repetitions": 8, "samples": 30, "threads": 2, "windows": [5],
+                        "macs": {"A": 1, "B5": 1.05, "B10": 1.1}, "max_regression": 0.05, "confidence": 0.95,
+                        "resamples": 2000, "false_alarm": 0.05},
+           "latency": stale, "accuracy": None, "repetitions": reps}
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(doc))
+    assert gq.main(["--rescore", "--out", str(path)]) == 0
+    again = json.loads(path.read_text())
+    assert again["rescored"] and again["repetitions"] == json.loads(json.dumps(reps))
+    assert again["latency"]["history"]["5"]["analysis"] == json.loads(json.dumps(lat["history"]["5"]["analysis"]))
+    md = (tmp_path / "q.md").read_text()
+    assert "Judged again" in md and "| 5 | absolute | normal | 0.05 |" in md

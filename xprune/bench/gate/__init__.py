@@ -14,12 +14,12 @@ from xprune.bench.gate.history import (DEFAULT_FALSE_ALARM, DEFAULT_WINDOW, DETE
                                        HistoryRowVerdict, HistoryVerdict, history_gate, read_history, record_run)
 from xprune.bench.gate.render import append_summary, history_lines, history_markdown, verdict_lines, verdict_markdown
 from xprune.bench.gate.run import parse_relative, run_gate, run_record, split_interleaved
-from xprune.bench.gate.statistics import (detectable_log_shift, history_factor, median_ratio, robust_center_spread,
-                                          spread, wilson_interval)
+from xprune.bench.gate.statistics import (detectable_log_shift, history_factor, history_rank, median_ratio,
+                                          robust_center_spread, spread, wilson_interval)
 
 __all__ = ["AccuracyVerdict", "CONTENDED_SPREAD", "DEFAULT_FALSE_ALARM", "DEFAULT_WINDOW", "DETECTION_POWER",
            "HistoryRowVerdict", "HistoryVerdict", "MIN_HISTORY", "MIN_SAMPLES", "Relative", "RowVerdict", "Verdict",
            "append_summary", "decide", "decide_accuracy", "detectable_log_shift", "gate", "history_factor",
-           "history_gate", "history_lines", "history_markdown", "judge_accuracy", "median_ratio", "parse_relative",
-           "read_history", "record_run", "robust_center_spread", "run_gate", "run_record", "spread",
+           "history_gate", "history_lines", "history_markdown", "history_rank", "judge_accuracy", "median_ratio",
+           "parse_relative", "read_history", "record_run", "robust_center_spread", "run_gate", "run_record", "spread",
            "split_interleaved", "verdict_lines", "verdict_markdown", "wilson_interval"]

@@ -3,10 +3,18 @@
 One pair of separate runs cannot tell a slowdown from the between-run scatter of a noisy machine (that scatter
 shifts every sample of a run together; see docs/ci-gate.md). A history of N runs of the baseline measures that
 scatter directly: each run contributes one number (the log of its median, or of its median model/reference
-ratio in relative mode), the centre is their median and the spread their normal-consistent MAD. The current run
-regresses when it lies more than `history_factor(N, false_alarm) * spread` above the centre - the factor makes
-an A/A run (the baseline itself, measured again) fail with probability `false_alarm` when runs scatter
-normally - and more than `max_regression` above it (a tolerated slowdown never fails).
+ratio in relative mode), the centre is their median and the spread their normal-consistent MAD. The threshold
+above the centre is set so that an A/A run (the baseline itself, measured again) fails with probability at most
+`false_alarm`, two ways:
+
+- "rank" (N + 1 >= 1 / false_alarm, so 19 runs or more at 5 %): the current run fails when it lies above the
+  ceil((N + 1)(1 - false_alarm))-th smallest history run. That promise needs no assumption on the shape of the
+  scatter, only that the runs are exchangeable (no drift between them). Runs on a shared CPU can scatter in two
+  clusters (benchmarks/results/gate_quality.md), where a normal model underestimates the tail.
+- "normal" (shorter histories): `history_factor(N, false_alarm) * spread`, exact when runs scatter normally.
+
+Either way the row also has to lie more than `max_regression` above the centre (a tolerated slowdown never
+fails).
 
 A history is a folder of record files, one per run (`run-<UTC time>-<hash>.json`), each written atomically by
 `record_run`; concurrent recorders cannot corrupt each other, and recording the same results file twice is a
@@ -26,7 +34,8 @@ import numpy as np
 from xprune.bench.gate.accuracy import AccuracyVerdict, check_accuracy_params, judge_accuracy
 from xprune.bench.gate.decision import (CONTENDED_SPREAD, Relative, _check_params, _workload_identity,
                                         _workload_name, accuracy_method, accuracy_warnings)
-from xprune.bench.gate.statistics import detectable_log_shift, history_factor, robust_center_spread, spread
+from xprune.bench.gate.statistics import (MIN_LOG_SPREAD, detectable_log_shift, history_factor, history_rank,
+                                          robust_center_spread, spread)
 from xprune.bench.results import ROW_KEY, describe_key, read_results, row_key, validate
 from xprune.errors import XpruneError
 from xprune.files import display_path, read_json, write_json
@@ -125,7 +134,8 @@ class HistoryRowVerdict:
     current: float             # the current run's median of the same statistic
     ratio: float               # current / center
     spread: float              # between-run spread: normal-consistent MAD of log(run median)
-    factor: float              # spreads above the centre an A/A run exceeds with probability false_alarm
+    rule: str                  # "rank" (distribution-free, N + 1 >= 1 / false_alarm) or "normal" (fewer runs)
+    factor: float              # the threshold before the tolerance floor, in spreads above the centre
     threshold: float           # ratio above which the row regresses: max(exp(factor * spread), 1 + max_regression)
     detectable: float          # ratio a current run exceeds the threshold at with probability DETECTION_POWER
     decision: str              # "regression", "pass", "improvement"
@@ -247,8 +257,14 @@ def history_gate(history_docs: list[dict], current_doc: dict, max_regression: fl
                     raise XpruneError(f"the current run and {where} timed different reference workloads "
                                       f"({_workload_name(wc)} vs {_workload_name(wh)})")
         stats = [_statistic(r, use_rel) for _, r in used]
-        center, sd = robust_center_spread([math.log(v) for v in stats])
-        factor = history_factor(len(used), float(false_alarm))
+        logs = [math.log(v) for v in stats]
+        center, sd = robust_center_spread(logs)
+        rank = history_rank(len(used), float(false_alarm))
+        if rank is not None:
+            # floored like the spread: tied medians would otherwise fail any run above them
+            rule, factor = "rank", max(sorted(logs)[rank - 1] - center, MIN_LOG_SPREAD) / sd
+        else:
+            rule, factor = "normal", history_factor(len(used), float(false_alarm))
         log_threshold = max(factor * sd, math.log1p(max_regression))
         current = _statistic(cur, use_rel)
         d_log = math.log(current) - center
@@ -256,7 +272,7 @@ def history_gate(history_docs: list[dict], current_doc: dict, max_regression: fl
         row = HistoryRowVerdict(
             key=dict(zip(ROW_KEY, (list(v) if isinstance(v, tuple) else v for v in key))), label=label,
             mode="relative" if use_rel else "absolute", runs=len(used), center=math.exp(center), current=current,
-            ratio=math.exp(d_log), spread=sd, factor=factor, threshold=math.exp(log_threshold),
+            ratio=math.exp(d_log), spread=sd, rule=rule, factor=factor, threshold=math.exp(log_threshold),
             detectable=math.exp(detectable_log_shift(log_threshold, sd, len(used), DETECTION_POWER)),
             decision=decision, center_ms=float(np.median([np.median(r["samples_ms"]) for _, r in used])),
             current_ms=float(np.median(cur["samples_ms"])),
@@ -273,9 +289,12 @@ def history_gate(history_docs: list[dict], current_doc: dict, max_regression: fl
                      f"runner type the gate runs on")
     method = (f"each run's median ({'per-sample model/reference latency' if any(r.mode == 'relative' for r in rows) else 'latency in ms'}); "
               f"centre = median and spread = normal-consistent MAD of log(run median) over the last <= {window} "
-              f"runs; a row regresses when current / centre exceeds max(exp(k x spread), {1 + max_regression:g}), "
-              f"k set so that a run of the baseline itself fails with probability {false_alarm:g} when runs scatter "
-              f"normally; 'detects' is the slowdown caught by {100 * DETECTION_POWER:g}% of runs at that spread."
+              f"runs; a row regresses when current / centre exceeds max(threshold, {1 + max_regression:g}), the "
+              f"threshold set so that a run of the baseline itself fails with probability <= {false_alarm:g}: with "
+              f"N + 1 >= {1 / false_alarm:g} runs the ceil((N + 1)(1 - {false_alarm:g}))-th smallest history run "
+              f"(rule 'rank', any scatter of exchangeable runs), with fewer exp(k x spread) (rule 'normal', k "
+              f"exact when runs scatter normally); 'detects' is the slowdown caught by {100 * DETECTION_POWER:g}% "
+              f"of runs at that spread."
               + accuracy_method(max_map_drop, confidence, map_resamples).replace("mAP(baseline)",
                                                                                  "mAP(latest history run)"))
     return HistoryVerdict(rows=rows, decision="regression" if any(r.regressed for r in rows) else "pass",

@@ -39,7 +39,7 @@ def verdict_lines(verdict: "Verdict") -> list[str]:
 def history_lines(verdict: "HistoryVerdict") -> list[str]:
     """One console line per row with the threshold and what it can detect, then warnings, then the decision."""
     lines = [f"{r.decision.upper():<12} {r.ratio:6.3f}x  threshold {r.threshold:.3f} (A/A false alarms <= "
-             f"{100 * verdict.false_alarm:g}%, {r.runs} runs, spread {100 * r.spread:.1f}%), detects "
+             f"{100 * verdict.false_alarm:g}%, {r.runs} runs, rule {r.rule}, spread {100 * r.spread:.1f}%), detects "
              f"+{100 * (r.detectable - 1):.1f}%  {r.mode:<8}  {r.label}{_accuracy_line(r.accuracy)}"
              for r in verdict.rows]
     lines += [f"warning: {w}" for w in verdict.warnings]
@@ -76,14 +76,14 @@ def history_markdown(verdict: "HistoryVerdict", max_rows: int = 20) -> str:
     lines = [head, "",
              f"{len(verdict.rows)} row(s) against the last <= {verdict.window} of {verdict.history_runs} recorded "
              f"run(s); A/A false alarms <= {100 * verdict.false_alarm:g}%; {_tolerances(verdict)}.", "",
-             "| row | mode | runs | history median | current | ratio | threshold | detects (80%) | decision |"
+             "| row | mode | runs | history median | current | ratio | threshold (rule) | detects (80%) | decision |"
              + (" mAP (latest -> current) | delta, points | mAP decision |" if acc else ""),
              "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---|---|---|" if acc else "")]
     for r in _order(verdict.rows)[:max_rows]:
         unit = "" if r.mode == "relative" else " ms"
         dec = f"**{r.decision.upper()}**" if r.decision == "regression" else r.decision
         lines.append(f"| {r.label} | {r.mode} | {r.runs} | {r.center:.4g}{unit} | {r.current:.4g}{unit} "
-                     f"| {r.ratio:.3f} | {r.threshold:.3f} | +{100 * (r.detectable - 1):.1f}% | {dec} |"
+                     f"| {r.ratio:.3f} | {r.threshold:.3f} ({r.rule}) | +{100 * (r.detectable - 1):.1f}% | {dec} |"
                      + (_accuracy_cells(r.accuracy) if acc else ""))
     if len(verdict.rows) > max_rows:
         lines.append(f"| ... {len(verdict.rows) - max_rows} more row(s) in the JSON verdict |")

@@ -4,6 +4,7 @@ machine, the Wilson interval of a rate, and the run-to-run threshold of history 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from scipy.stats import binomtest, bootstrap, median_abs_deviation, norm
@@ -79,6 +80,15 @@ def history_factor(runs: int, false_alarm: float) -> float:
         spread = median_abs_deviation(hist, axis=1, scale="normal")
         stats.append((new - center) / spread)
     return float(np.quantile(np.concatenate(stats), 1 - false_alarm))
+
+
+def history_rank(runs: int, false_alarm: float) -> int | None:
+    """The rank k (1-based, ascending) of the history run a new run must exceed to fail, so that a run of the same
+    baseline fails with probability <= `false_alarm` whatever the shape of the run-to-run scatter: for N
+    exchangeable runs a new one lands above the k-th smallest with probability (N + 1 - k) / (N + 1). None when
+    the history is too short for that rate (N + 1 < 1 / false_alarm: 19 runs at 5 %)."""
+    k = math.ceil((runs + 1) * (1 - false_alarm) - 1e-9)
+    return k if k <= runs else None
 
 
 def detectable_log_shift(threshold: float, spread: float, runs: int, power: float) -> float:
