@@ -1,7 +1,7 @@
 """Which output levels of each reference detector actually detect anything? A criterion that zeroes a level no
 object ever reaches loses no mAP by construction, so the study's accuracy comparison is read against this.
 
-For every reference model (YOLOv8n, SSDlite320-MobileNetV3, TinySSD in JAX, where present) on the val split,
+For every one-stage reference model in xprune/reference/ (two-stage detectors have no fixed levels) on the val split,
 `xprune.evaluate.head_levels.level_usage`: per output level, the anchors (grid cells) whose best class score
 reaches `--threshold` and the highest score any of them gives; beside them, the val objects by COCO size group.
 The study records the same per model. Everything goes to
@@ -27,13 +27,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 FORMAT = "xprune-head-levels-1"
 
 
-def measure(name: str, ref: dict, data: Path, threshold: float, val_images: int | None) -> dict:
+def measure(name: str, ref: dict, data: Path, threshold: float, val_images: int | None) -> dict | None:
     from xprune.data.coco import CocoDetectionSet
     from xprune.evaluate.head_levels import level_usage
     from xprune.models import load_checkpoint
     from xprune.study.dataset import dataset_size_stats
+    from xprune.study.measure import is_two_stage
 
     det = load_checkpoint(ref["path"], name, ref["input_size"])
+    if is_two_stage(det):
+        return None
     val = CocoDetectionSet.from_folder(data, "val", det.input_size, limit=val_images)
     return {"model": name, "checkpoint": Path(ref["path"]).name, "input_size": det.input_size,
             **level_usage(det, val, threshold), "objects": dataset_size_stats(data, "val", val_images)}
@@ -75,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             raise XpruneError(f"no COCO-format dataset at {data} (run `xprune data synth --out {data}`)")
         refs = reference_models()
         t0 = time.time()
-        models = [measure(n, refs[n], data, args.threshold, args.val_images)
-                  for n in ("yolov8n", "ssdlite320-mbv3", "tinyssd-jax") if n in refs]
+        models = [m for n in sorted(refs) if (m := measure(n, refs[n], data, args.threshold, args.val_images))]
         doc = {"format": FORMAT, "command": " ".join(["python benchmarks/head_levels.py", *(argv or sys.argv[1:])]),
                "data": display_path(data), "threshold": args.threshold, "seconds": round(time.time() - t0, 1),
                "models": models}
