@@ -36,6 +36,11 @@ def _save_state(path: Path, **state) -> None:
         torch.save(state, tmp)
 
 
+def epoch_line(record: dict, epochs: int) -> str:
+    """The progress and log line of one finished epoch."""
+    return f"epoch {record['epoch']}/{epochs} loss {record['loss']:.4f} time {record['seconds']:.0f}s"
+
+
 def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettings, state_path: str | Path,
                    log: Log = print, after_step: Callable[[], None] | None = None) -> list[dict]:
     """Train `det` in place; return one record per epoch (loss, seconds). `after_step` runs after every optimizer
@@ -90,7 +95,7 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
         _save_state(state_path, settings=asdict(settings), images=len(train), model=det.model.state_dict(),
                     optimizer=opt.state_dict(), schedule=sched.state_dict(), generator=generator.get_state(),
                     torch_rng=torch.get_rng_state(), history=history)
-        log(f"epoch {epoch + 1}/{settings.epochs} loss {record['loss']:.4f} time {record['seconds']:.0f}s")
+        log(epoch_line(record, settings.epochs))
     det.model.eval()
     return history
 

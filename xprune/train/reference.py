@@ -20,7 +20,7 @@ from xprune.files import atomic_path, file_sha256
 from xprune.models import build_detector, load_checkpoint, save_checkpoint
 from xprune.reference import HERE as REFERENCE_DIR
 from xprune.reference import cache_dir
-from xprune.train.loop import TrainSettings, seconds_per_step, train_detector
+from xprune.train.loop import TrainSettings, epoch_line, seconds_per_step, train_detector
 
 Log = Callable[[str], None]
 
@@ -110,6 +110,8 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
 
         history = train_detector(trained, train, TrainSettings(epochs), work / "state.pt", log=log_epoch)
         train_seconds = sum(h["seconds"] for h in history)  # over every run that contributed epochs
+        with atomic_path(log_path) as tmp:  # from the state's history: a resumed run's log keeps the epochs before it
+            tmp.write_text("".join(epoch_line(h, epochs) + "\n" for h in history))
 
     val = CocoDetectionSet.from_folder(data, "val", size)
     trained.category_ids = val.category_ids

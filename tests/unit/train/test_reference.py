@@ -61,3 +61,31 @@ def test_a_jax_reference_is_trained_saved_as_msgpack_and_found(tmp_path, monkeyp
     assert (package / "tinyssd-jax-synth.log").read_text().startswith("epoch 1/1")
     found = reference.reference_models()
     assert found["tinyssd-jax"]["sha256"] == file_sha256(package / "tinyssd-jax-synth.msgpack")
+
+
+@pytest.mark.slow
+def test_an_interrupted_reference_resumes_and_its_log_keeps_every_epoch(tmp_path, monkeypatch):
+    import xprune.train.reference as train_reference
+    from xprune.data.synth import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig(image_size=128, train=16, val=4, calib=4))
+    package = tmp_path / "package"
+    package.mkdir()
+    monkeypatch.setattr(reference, "HERE", package)
+    monkeypatch.setattr(train_reference, "REFERENCE_DIR", package)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def stop_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch 1/2"):
+            raise KeyboardInterrupt  # after the epoch's state was saved, as a Ctrl-C would land
+
+    with pytest.raises(KeyboardInterrupt):
+        train_reference.train_reference("ssdlite320-mbv3", data, epochs=2, size=128, train_images=16,
+                                        log=stop_after_first_epoch)
+    assert not (package / "ssdlite320-mbv3-synth.json").exists()  # no reference from a half-trained run
+    seen: list[str] = []
+    info = train_reference.train_reference("ssdlite320-mbv3", data, epochs=2, size=128, train_images=16,
+                                           log=seen.append)
+    assert seen[0].startswith("resuming after epoch 1/2") and info["epochs"] == 2
+    log_lines = (package / "ssdlite320-mbv3-synth.log").read_text().splitlines()
+    assert [ln.split(" loss")[0] for ln in log_lines] == ["epoch 1/2", "epoch 2/2"]
