@@ -30,6 +30,25 @@ def hflip(x: torch.Tensor, boxes: torch.Tensor, content_width: float) -> tuple[t
     return x, boxes
 
 
+def ssd_augment(x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SSD's training augmentation from torchvision.transforms.v2: photometric distortion, zoom out onto a grey canvas
+    (up to 2x: the data already has COCO's share of small objects), a random crop that keeps some IoU with an object,
+    resized back to the input; boxes left degenerate by the crop are dropped. Draws from torch's global generator."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    size = tuple(x.shape[-2:])
+    steps = [v2.RandomPhotometricDistort(p=0.5), v2.RandomZoomOut(fill=PAD_VALUE / 255.0, side_range=(1.0, 2.0), p=0.5)]
+    if boxes.numel():  # the crop is defined by its overlap with the objects
+        steps.append(v2.RandomIoUCrop())
+    steps += [v2.Resize(size, antialias=True), v2.SanitizeBoundingBoxes()]
+    out = v2.Compose(steps)({"image": tv_tensors.Image(x),
+                             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
+                             "labels": labels})
+    return out["image"].as_subclass(torch.Tensor).clamp_(0, 1), out["boxes"].as_subclass(torch.Tensor), out["labels"]
+
+
 def collate_targets(samples: list[dict]) -> tuple[torch.Tensor, list[dict]]:
     """Stack images; keep per-image targets as a list (boxes xyxy in input pixels, 0-based labels)."""
     x = torch.stack([s["image"] for s in samples])

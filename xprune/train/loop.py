@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from xprune.data.coco import CocoDetectionSet
-from xprune.data.transforms import collate_targets
+from xprune.data.transforms import collate_targets, ssd_augment
 from xprune.errors import XpruneError
 from xprune.files import atomic_path
 from xprune.models.detector import Detector
@@ -29,6 +29,19 @@ class TrainSettings:
     warmup_fraction: float = 0.1  # of all steps, for the one-cycle schedule
     clip_norm: float = 10.0
     seed: int = 0
+    augment: str = "flip"  # "flip", or "ssd": flip then xprune.data.transforms.ssd_augment
+
+
+AUGMENTS = ("flip", "ssd")
+
+
+def training_batch(train: CocoDetectionSet, indices: list[int], augment: str, generator: torch.Generator):
+    """Collated (images, targets) of `indices`, augmented by the named policy."""
+    samples = [train.sample(i, augment=True, generator=generator) for i in indices]
+    if augment == "ssd":
+        for s in samples:
+            s["image"], s["boxes"], s["labels"] = ssd_augment(s["image"], s["boxes"], s["labels"])
+    return collate_targets(samples)
 
 
 def _save_state(path: Path, **state) -> None:
@@ -48,6 +61,8 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
     random state after each finished epoch; when it exists, training continues from it."""
     if settings.epochs <= 0:
         raise XpruneError(f"epochs must be positive, got {settings.epochs}")
+    if settings.augment not in AUGMENTS:
+        raise XpruneError(f"unknown augmentation '{settings.augment}'; choose one of: {', '.join(AUGMENTS)}")
     state_path = Path(state_path)
     torch.manual_seed(settings.seed)
     params = [p for p in det.model.parameters() if p.requires_grad]
@@ -60,7 +75,7 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
     if state_path.is_file():
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=False)
-            recorded = (state["settings"], state["images"])
+            recorded = ({"augment": "flip", **state["settings"]}, state["images"])  # states from before `augment`
         except Exception as e:  # pickle, zip and EOF errors all mean the same here
             raise XpruneError(f"cannot resume from {state_path} ({type(e).__name__}); delete it to start over") from None
         if recorded != (asdict(settings), len(train)):
@@ -78,7 +93,7 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
         total, t0 = 0.0, time.perf_counter()
         for step in range(steps_per_epoch):
             idx = order[step * settings.batch_size:(step + 1) * settings.batch_size]
-            x, targets = collate_targets([train.sample(i, augment=True, generator=generator) for i in idx])
+            x, targets = training_batch(train, idx, settings.augment, generator)
             loss = det.train_step_loss(x, targets)
             if not torch.isfinite(loss):
                 raise XpruneError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {float(loss)})")

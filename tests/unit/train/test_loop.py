@@ -17,9 +17,10 @@ def _detector(train):
     return build_detector("ssdlite320-mbv3", "none", num_classes=train.num_classes, input_size=128)
 
 
-def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path):
+@pytest.mark.parametrize("augment", ["flip", "ssd"])
+def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path, augment):
     train = CocoDetectionSet.from_folder(synth_data, "train", 128, limit=6)
-    settings = TrainSettings(epochs=2, batch_size=3)
+    settings = TrainSettings(epochs=2, batch_size=3, augment=augment)
 
     straight = _detector(train)
     history = train_detector(straight, train, settings, tmp_path / "a.pt", log=lambda line: None)
@@ -52,3 +53,5 @@ def test_state_from_other_settings_and_bad_epochs_are_refused(synth_data, tmp_pa
         train_detector(det, train, TrainSettings(epochs=1, batch_size=4), tmp_path / "bad.pt", log=lambda line: None)
     with pytest.raises(XpruneError, match="epochs must be positive"):
         train_detector(det, train, TrainSettings(epochs=0), tmp_path / "z.pt")
+    with pytest.raises(XpruneError, match="unknown augmentation 'mosaic'"):
+        train_detector(det, train, TrainSettings(epochs=1, augment="mosaic"), tmp_path / "m.pt")
