@@ -48,7 +48,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="the study's demo preset: the reference models on the synthetic dataset (CPU)")
     p.add_argument("--out", default="xprune-demo")
     p.add_argument("--data", default=None, help="dataset folder (default: OUT/data, synthesized if missing)")
-    p.add_argument("--models", nargs="+", default=None, help="reference models (default: all of them)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="reference models (default: yolov8n, ssdlite320-mbv3 and tinyssd-jax, those with a reference here)")
     p.add_argument("--rate", type=float, default=None, help=f"pruning rate (default: {DEMO_RATE:g})")
     p.add_argument("--calib-images", type=positive_int, default=None, help=f"default: {DEMO_CALIB_IMAGES}")
     p.add_argument("--val-images", type=positive_int, default=None,

@@ -7,8 +7,8 @@ constructors:
 - `StudySettings.paper(out)`  the paper's sweep as committed: the models with reference checkpoints get accuracy
   rows, the others (random init) speed-only rows at fewer rates and a shorter latency protocol; every val image;
 - `StudySettings.quick(out)`  a smoke run: random-init YOLOv8n at 64 px, two rates, three timed runs, eight images;
-- `StudySettings.demo(out)`   every reference model at one rate on PyTorch and ONNX Runtime, with the zeroed-only
-  ONNX timed and mAP measured through ONNX Runtime too, on at most `DEMO_VAL_IMAGES` val images.
+- `StudySettings.demo(out)`   one reference model per trainer (`DEMO_MODELS`) at one rate on PyTorch and ONNX
+  Runtime, with the zeroed-only ONNX timed and mAP measured through ONNX Runtime too, on at most `DEMO_VAL_IMAGES` val images.
 
 The measurement protocol every preset shares: mAP of every variant in PyTorch and, for accuracy models, of its
 exported ONNX file through ONNX Runtime; a bootstrap interval over images for every mAP and a paired one for every
@@ -69,6 +69,9 @@ DEMO_RATE = 0.05
 DEMO_CALIB_IMAGES = 64
 DEMO_LATENCY_RUNS = 100
 DEMO_BACKENDS = ("torch", "onnxruntime")
+# One reference per trainer (Ultralytics, torchvision, JAX): every reference at once takes about seven minutes on a
+# 2-core CPU, over the demo's five. `--models` picks others.
+DEMO_MODELS = ("yolov8n", "ssdlite320-mbv3", "tinyssd-jax")
 DEMO_VAL_IMAGES = 100  # the demo's cap: three mAP passes per variant must fit its five minutes on a 2-core CPU
 
 
@@ -129,7 +132,7 @@ class StudySettings:
     @classmethod
     def demo(cls, out: Path, models: list[str] | None = None, rate: float | None = None,
              latency_runs: int | None = None, calib_images: int | None = None, **changes: Any) -> StudySettings:
-        """Every reference model (or `models`, each of which must have a reference checkpoint) at one rate."""
+        """The `DEMO_MODELS` that have a reference here (or `models`, each of which must have one) at one rate."""
         from xprune.prune.plan import check_rate
         from xprune.reference import reference_models
 
@@ -137,7 +140,7 @@ class StudySettings:
         refs = reference_models()
         if not refs:
             raise XpruneError("no reference checkpoints found in the package; run benchmarks/train_reference.py")
-        names = list(models or sorted(refs))
+        names = list(models or [m for m in DEMO_MODELS if m in refs] or sorted(refs))
         unknown = [n for n in names if n not in refs]
         if unknown:
             raise XpruneError(f"no reference checkpoint for {unknown[0]}; available: {', '.join(sorted(refs))}")
