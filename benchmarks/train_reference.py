@@ -5,7 +5,7 @@
     python benchmarks/train_reference.py yolov8n --data data/trees   # after `xprune data trees --out data/trees`
 
 Each run writes xprune/reference/<model>-<dataset>.{json,log} and the fp16 checkpoint: beside them when it is at
-most 10 MB, else in ~/.cache/xprune/reference (the JSON records its SHA-256). Every epoch is checkpointed in
+most 8 MB, else in ~/.cache/xprune/reference (the JSON records its SHA-256). Every epoch is checkpointed in
 ~/.cache/xprune/train/; rerunning the same command after an interruption resumes there.
 """
 

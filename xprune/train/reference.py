@@ -24,7 +24,7 @@ from xprune.train.loop import TrainSettings, epoch_line, seconds_per_step, train
 
 Log = Callable[[str], None]
 
-COMMIT_LIMIT = 10 * 1024 * 1024  # bytes: bigger checkpoints stay in the cache, not in git
+COMMIT_LIMIT = 8 * 1024 * 1024  # bytes: bigger checkpoints stay in the cache, not in git
 YOLO_FAMILIES = ("yolov8n",)
 TORCHVISION_FAMILIES = ("ssdlite320-mbv3", "ssd-mobilenetv2", "ssd-shufflenetv2", "ssd-resnet50",
                         "retinanet-r50-fpn", "fasterrcnn-r50-fpn")
