@@ -30,9 +30,16 @@ class TrainSettings:
     clip_norm: float = 10.0
     seed: int = 0
     augment: str = "flip"  # "flip", or "ssd": flip then xprune.data.transforms.ssd_augment
+    precision: str = "fp32"  # or "bf16": forward and loss under CPU autocast; weights and optimizer stay fp32
 
 
 AUGMENTS = ("flip", "ssd")
+PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast(precision: str):
+    """bf16 autocast on the CPU (native on CPUs with AVX512-BF16 or AMX, emulated and slow elsewhere)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def training_batch(train: CocoDetectionSet, indices: list[int], augment: str, generator: torch.Generator):
@@ -63,6 +70,8 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
         raise XpruneError(f"epochs must be positive, got {settings.epochs}")
     if settings.augment not in AUGMENTS:
         raise XpruneError(f"unknown augmentation '{settings.augment}'; choose one of: {', '.join(AUGMENTS)}")
+    if settings.precision not in PRECISIONS:
+        raise XpruneError(f"unknown precision '{settings.precision}'; choose one of: {', '.join(PRECISIONS)}")
     state_path = Path(state_path)
     torch.manual_seed(settings.seed)
     params = [p for p in det.model.parameters() if p.requires_grad]
@@ -75,7 +84,8 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
     if state_path.is_file():
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=False)
-            recorded = ({"augment": "flip", **state["settings"]}, state["images"])  # states from before `augment`
+            # states from before `augment` and `precision` had these defaults
+            recorded = ({"augment": "flip", "precision": "fp32", **state["settings"]}, state["images"])
         except Exception as e:  # pickle, zip and EOF errors all mean the same here
             raise XpruneError(f"cannot resume from {state_path} ({type(e).__name__}); delete it to start over") from None
         if recorded != (asdict(settings), len(train)):
@@ -94,7 +104,8 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
         for step in range(steps_per_epoch):
             idx = order[step * settings.batch_size:(step + 1) * settings.batch_size]
             x, targets = training_batch(train, idx, settings.augment, generator)
-            loss = det.train_step_loss(x, targets)
+            with _autocast(settings.precision):
+                loss = det.train_step_loss(x, targets)
             if not torch.isfinite(loss):
                 raise XpruneError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {float(loss)})")
             opt.zero_grad()
@@ -115,16 +126,23 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
     return history
 
 
-def seconds_per_step(det: Detector, train: CocoDetectionSet, batch_size: int, steps: int = 2) -> float:
+def seconds_per_step(det: Detector, train: CocoDetectionSet, batch_size: int, steps: int = 2,
+                     precision: str = "fp32") -> float:
     """Time a few training steps (forward and backward, no update) to estimate how long training will take."""
     det.model.train()
     generator = torch.Generator().manual_seed(0)
     x, targets = collate_targets([train.sample(i % len(train), augment=True, generator=generator)
                                   for i in range(batch_size)])
-    det.train_step_loss(x, targets).backward()  # the first step pays one-time costs
+
+    def step() -> None:
+        with _autocast(precision):
+            loss = det.train_step_loss(x, targets)
+        loss.backward()
+
+    step()  # the first step pays one-time costs
     t0 = time.perf_counter()
     for _ in range(steps):
-        det.train_step_loss(x, targets).backward()
+        step()
     det.model.zero_grad(set_to_none=True)
     det.model.eval()
     return (time.perf_counter() - t0) / steps

@@ -17,14 +17,19 @@ def _detector(train):
     return build_detector("ssdlite320-mbv3", "none", num_classes=train.num_classes, input_size=128)
 
 
-@pytest.mark.parametrize("augment", ["flip", "ssd"])
-def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path, augment):
+@pytest.mark.parametrize("augment, precision", [("flip", "fp32"), ("ssd", "bf16")])
+def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path, augment, precision):
     train = CocoDetectionSet.from_folder(synth_data, "train", 128, limit=6)
-    settings = TrainSettings(epochs=2, batch_size=3, augment=augment)
+    settings = TrainSettings(epochs=2, batch_size=3, augment=augment, precision=precision)
 
     straight = _detector(train)
+    first_conv = next(m for m in straight.model.modules() if isinstance(m, torch.nn.Conv2d))
+    computed_in = set()
+    first_conv.register_forward_hook(lambda module, inputs, output: computed_in.add(output.dtype))
     history = train_detector(straight, train, settings, tmp_path / "a.pt", log=lambda line: None)
     assert [h["epoch"] for h in history] == [1, 2]
+    assert computed_in == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert all(p.dtype == torch.float32 for p in straight.model.parameters())  # autocast keeps fp32 weights
 
     def stop_after_first_epoch(line):
         if line.startswith("epoch 1/"):
@@ -55,3 +60,5 @@ def test_state_from_other_settings_and_bad_epochs_are_refused(synth_data, tmp_pa
         train_detector(det, train, TrainSettings(epochs=0), tmp_path / "z.pt")
     with pytest.raises(XpruneError, match="unknown augmentation 'mosaic'"):
         train_detector(det, train, TrainSettings(epochs=1, augment="mosaic"), tmp_path / "m.pt")
+    with pytest.raises(XpruneError, match="unknown precision 'fp8'"):
+        train_detector(det, train, TrainSettings(epochs=1, precision="fp8"), tmp_path / "p.pt")
