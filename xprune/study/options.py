@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from xprune.errors import XpruneError
-from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA, LATENCY,
-                                   MIN_VAL_IMAGES, QUICK_IMAGES, QUICK_RATES, RATES, SPEED_INPUT_SIZE, SPEED_LATENCY,
-                                   SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log, StudySettings,
-                                   default_models)
+from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA,
+                                   LARGE_MODELS, LATENCY, MIN_VAL_IMAGES, QUICK_IMAGES, QUICK_RATES, RATES,
+                                   SPEED_INPUT_SIZE, SPEED_LATENCY, SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log,
+                                   StudySettings, default_models)
 
 
 def _listed(values) -> str:
@@ -23,7 +23,9 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
     ap.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
     ap.add_argument("--data", default=data_default,
                     help="COCO-format dataset; the synthetic set is generated there when missing")
-    ap.add_argument("--models", nargs="+", default=None, help=f"default: {_listed(ACCURACY_MODELS + SPEED_MODELS)}")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help=f"default: {_listed(ACCURACY_MODELS + SPEED_MODELS)}, and {_listed(LARGE_MODELS)} where their "
+                         "reference is in the cache")
     ap.add_argument("--weights", nargs="+", default=None, metavar="MODEL=CHECKPOINT",
                     help="checkpoints to measure instead of the references (e.g. a model trained on --data)")
     ap.add_argument("--criteria", nargs="+", default=None, help=f"default: {_listed(CRITERIA)}")
@@ -58,6 +60,9 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
     ap.add_argument("--train-missing", action="store_true",
                     help="first train the reference of every study model that has none (says how long first; "
                          "an interrupted run resumes)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the models OUT/study.json already measured with the same settings, dataset, weights "
+                         "and machine, and measure only the others (a long study can stop and go on)")
     ap.add_argument("--render-only", action="store_true", help="only redraw report.md and the figures")
     ap.add_argument("--study", default=None,
                     help="with --render-only: the study.json to render into OUT (default: OUT/study.json)")
@@ -88,6 +93,7 @@ def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySetti
     from xprune.reference import reference_models
 
     changes = {"data": Path(args.data) if args.data else None, "threads": args.threads,
+               "resume": getattr(args, "resume", False),
                "peer": not args.no_peer, "keep_onnx": args.keep_onnx, "command": args.command,
                **_given(onnx_map=args.onnx_map, bootstrap_resamples=args.resamples, order_seed=args.order_seed,
                         models=args.models, criteria=tuple(args.criteria) if args.criteria else None,

@@ -85,7 +85,18 @@ def _environment(study: dict) -> list[str]:
             f"- **Libraries:** {lib_text}",
             f"- **Command:** `{study.get('command')}`",
             f"- **Measured:** {env.get('timestamp')}, {study.get('seconds', 0):.0f} s in all"
+            + _resumed_text(study)
             + ("" if study.get("complete") else " — **INCOMPLETE: the run stopped before the last model**")]
+
+
+def _resumed_text(study: dict) -> str:
+    """How much of the study an earlier run measured (`--resume`); each model's entry has its own time."""
+    resumed = study.get("resumed")
+    if not resumed or not resumed.get("kept"):
+        return ""
+    when = {m["model"]: m.get("measured_at") for m in study["models"]}
+    kept = ", ".join(f"{name} ({when.get(name) or 'time not recorded'})" for name in resumed["kept"])
+    return f" (of which {resumed['kept_seconds']:.0f} s by an earlier run of the same study, kept with --resume: {kept})"
 
 
 def _settings(study: dict) -> list[str]:

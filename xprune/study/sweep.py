@@ -22,7 +22,8 @@ For YOLOv8 models a peer - the same weights exported by Ultralytics' own ONNX ex
 timed in the same ONNX Runtime run and its mAP measured through the shared post-process.
 
 The study file (`study.json`, format `xprune-study-2`) is rewritten atomically after every model, with
-`"complete": false` until the last one is done; `xprune.study.report` renders it.
+`"complete": false` until the last one is done; `xprune.study.report` renders it. With `resume`, a later run keeps
+the models that file already holds from the same study (`xprune.study.resume`) and measures only the others.
 
 Per model the pipeline reads: score and plan (`variants.rank_layers`) -> distinct variants
 (`variants.distinct_variants`) -> mAP, complexity, export + fold (`measure.measure_variants`) -> intervals
@@ -32,6 +33,7 @@ agreement (`rows`, `stats`) -> study.json.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import sys
 import tempfile
@@ -134,12 +136,21 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
     return timings, controls, bench_files, orders, peer
 
 
+def weights_sha(name: str, settings: StudySettings, refs: dict[str, dict]) -> str | None:
+    """The SHA-256 of the weights `load_model` would measure `name` with (None: random init)."""
+    from xprune.models import file_sha256
+    if name in settings.weights:
+        return file_sha256(settings.weights[name])
+    return file_sha256(refs[name]["path"]) if name in refs else None
+
+
 def run_model(name: str, data: Path, work: Path, backends: dict, settings: StudySettings, command: str,
               log: Log) -> tuple[dict, list[dict], dict | None]:
     """One model through the whole pipeline; returns its study.json entry, its rows and its peer record."""
     from xprune.data.coco import CocoDetectionSet, calibration_set
 
     t_model = time.perf_counter()
+    measured_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     det, weights = load_model(name, data, settings)
     accuracy = weights["accuracy"]
     size = det.input_size
@@ -167,7 +178,7 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
                                                                  protocol, settings, command, log, intervals)
     rows = model_rows(name, accuracy, variants, timings, settings, orders)
     levels = head_levels(name, det, val, log)
-    model_doc = {"model": name, "input_size": size, "accuracy": accuracy,
+    model_doc = {"model": name, "measured_at": measured_at, "input_size": size, "accuracy": accuracy,
                  "val_images": len(val) if val is not None else None,
                  "intervals": intervals.describe() if intervals is not None else None,
                  "weights": weights, "num_classes": det.num_classes, "rates": list(rates),
@@ -226,8 +237,6 @@ def _run_study(settings: StudySettings, log: Log) -> Path:
     data = study_dataset(settings)
     backends = backends_block(settings)
     trt = backends.get("tensorrt")
-    if trt is not None and not trt["available"]:
-        log(f"tensorrt: unavailable ({trt['reason']})")
     doc: dict[str, Any] = {
         "format": FORMAT, "complete": False, "command": command, "environment": environment(),
         "settings": settings.describe(), "dataset": display_path(data), "dataset_stats": dataset_block(data, settings),
@@ -237,20 +246,38 @@ def _run_study(settings: StudySettings, log: Log) -> Path:
                      else f"unavailable ({trt['reason']})" if trt else "not requested"),
         "models": [], "rows": [], "peer": None}
     path = out / STUDY_FILE
+    kept = {}
+    if settings.resume:
+        from xprune.reference import reference_models
+        from xprune.study.resume import kept_models
+        refs = reference_models() if settings.use_reference else {}
+        kept = kept_models(path, doc, lambda name: weights_sha(name, settings, refs), log)
+        kept = {name: kept[name] for name in settings.models if name in kept}
+        kept_seconds = round(sum(entry["seconds"] for entry, _, _ in kept.values()), 1)
+        doc["resumed"] = {"kept": list(kept), "kept_seconds": kept_seconds}
+    elif path.is_file():
+        log(f"replacing the study in {display_path(out)} (--resume would keep the models it measured)")
+    if trt is not None and not trt["available"]:
+        log(f"tensorrt: unavailable ({trt['reason']})")
+    earlier = doc.get("resumed", {}).get("kept_seconds", 0.0)
     with tempfile.TemporaryDirectory(prefix="xprune-study-") as tmp:
         for i, name in enumerate(settings.models, 1):
-            work = (out / "onnx") if settings.keep_onnx else Path(tmp) / name
-            work.mkdir(parents=True, exist_ok=True)
-            log(f"model {i}/{len(settings.models)}: {name}")
-            model_doc, rows, peer = run_model(name, data, work, backends, settings, command, log)
+            if name in kept:
+                model_doc, rows, peer = kept[name]
+            else:
+                work = (out / "onnx") if settings.keep_onnx else Path(tmp) / name
+                work.mkdir(parents=True, exist_ok=True)
+                log(f"model {i}/{len(settings.models)}: {name}")
+                model_doc, rows, peer = run_model(name, data, work, backends, settings, command, log)
             doc["models"].append(model_doc)
             doc["rows"] += rows
             if peer is not None and doc["peer"] is None:
                 doc["peer"] = peer
-            doc["seconds"] = round(time.perf_counter() - t0, 1)
+            doc["seconds"] = round(earlier + time.perf_counter() - t0, 1)
             write_json(path, doc)
-            log(f"[{name}] done in {model_doc['seconds']:.0f} s -> {path}")
+            if name not in kept:
+                log(f"[{name}] done in {model_doc['seconds']:.0f} s -> {path}")
     doc["complete"] = True
-    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    doc["seconds"] = round(earlier + time.perf_counter() - t0, 1)
     write_json(path, doc)
     return path
