@@ -47,6 +47,7 @@ def _reps(n=30, between=0.01, seed=0):
     return reps
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_scoring_counts_every_comparison_and_the_rates_follow(gq):
     reps = _reps()
     lat = gq.score_latency(reps, Namespace(lag=None, windows=[10, 5]))

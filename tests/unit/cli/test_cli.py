@@ -110,6 +110,7 @@ def test_unwritable_output(tmp_path, capsys, synth_data):
     assert code == 2 and "cannot write" in one_line_error(err)
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_prune_with_an_accuracy_budget(tmp_path, capsys, synth_data, scores_file):
     out = tmp_path / "budget.pt"
     base = ["prune", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--data", str(synth_data),

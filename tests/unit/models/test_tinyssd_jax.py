@@ -163,7 +163,8 @@ def test_data_free_scores_cover_every_conv_in_the_pytorch_format(det, method):
     assert by["cls.0"]["macs"] == 9 * 64 * a * s * s + a * s * s  # with its bias, as ptflops counts
 
 
-@pytest.mark.parametrize("method", ["attr", pytest.param("taylor", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
+@pytest.mark.parametrize("method", ["attr", "taylor"])
 def test_gradient_scores_cover_every_conv_and_a_zeroed_conv_scores_zero(calib, method):
     d = build_detector("tinyssd-jax", "none", num_classes=CLASSES, input_size=SIZE)
     doc = score_layers(d, method, calib, batch_size=4)
@@ -201,6 +202,7 @@ def test_attr_is_gradient_times_activation(calib):
             assert attr[name] > 0 and abs(along) / x.shape[0] <= attr[name] * (1 + 1e-4)
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_zeroing_is_exact_in_the_parameter_tree():
     d = build_detector("tinyssd-jax", "none", num_classes=CLASSES, input_size=SIZE)
     before = _state(d)

@@ -86,6 +86,7 @@ def test_layers_for_rate_takes_at_least_one():
     assert layers_for_rate(0.05, 64) == 3 and layers_for_rate(0.001, 64) == 1 and layers_for_rate(0.5, 7) == 4
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_every_rate_is_a_prefix_of_one_walk(yolo):
     scores = _scores_with_lowest(yolo, [STEM, "model.1.conv"])
     plans = plans_for_rates(yolo, scores, (0.3, 0.05, 0.1), "safe")
@@ -104,6 +105,7 @@ def test_every_rate_is_a_prefix_of_one_walk(yolo):
     assert [c.layer for taken, c in steps if taken][:len(plans[0.1].selected)] == plans[0.1].layers
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_an_unreachable_rate_is_infeasible():
     small = build_detector("yolov8n", "none", num_classes=6, input_size=32)  # two full walks: keep them cheap
     scores = score_layers(small, "l1")

@@ -200,6 +200,7 @@ def test_report_accuracy_columns_come_from_the_json(study):
             assert _num(cells[9]) == pytest.approx(r["dmap_pct"], abs=0.0501)
 
 
+@pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_prefix_plans_equal_independent_plans():
     from xprune.importance.scores import score_layers
     from xprune.models import build_detector
