@@ -37,7 +37,7 @@ AUGMENTS = ("flip", "ssd")
 PRECISIONS = ("fp32", "bf16")
 
 
-def _autocast(precision: str):
+def autocast(precision: str):
     """bf16 autocast on the CPU (native on CPUs with AVX512-BF16 or AMX, emulated and slow elsewhere)."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -104,7 +104,7 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
         for step in range(steps_per_epoch):
             idx = order[step * settings.batch_size:(step + 1) * settings.batch_size]
             x, targets = training_batch(train, idx, settings.augment, generator)
-            with _autocast(settings.precision):
+            with autocast(settings.precision):
                 loss = det.train_step_loss(x, targets)
             if not torch.isfinite(loss):
                 raise XpruneError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {float(loss)})")
@@ -135,7 +135,7 @@ def seconds_per_step(det: Detector, train: CocoDetectionSet, batch_size: int, st
                                   for i in range(batch_size)])
 
     def step() -> None:
-        with _autocast(precision):
+        with autocast(precision):
             loss = det.train_step_loss(x, targets)
         loss.backward()
 

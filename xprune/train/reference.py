@@ -41,7 +41,7 @@ TORCHVISION_AUGMENT = {"ssd-shufflenetv2": "ssd", "ssd-resnet50": "ssd", "retina
 # in fp32 on this project's 2-core CPU (AVX512-BF16). The first SSD-ResNet50 run so (30 epochs, SSD's augmentation)
 # ended at loss 5.27 and val mAP 0.069 (benchmarks/results/training/): an underfit whose cause - epochs, learning
 # rate for a ResNet-50 from scratch, or bf16 - is not yet isolated, so it is not a reference.
-TORCHVISION_PRECISION = {"ssd-resnet50": "bf16", "retinanet-r50-fpn": "bf16", "fasterrcnn-r50-fpn": "bf16"}
+TORCHVISION_PRECISION = {"retinanet-r50-fpn": "bf16", "fasterrcnn-r50-fpn": "bf16"}
 STAMPS = ("synth.json", "trees.json")  # the files that say which generator wrote a dataset folder
 
 
