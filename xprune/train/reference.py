@@ -31,17 +31,20 @@ TORCHVISION_FAMILIES = ("ssdlite320-mbv3", "ssd-mobilenetv2", "ssd-shufflenetv2"
 JAX_FAMILIES = ("tinyssd-jax",)  # optax loop of xprune.models.jax.train (extra `jax`)
 FAMILIES = YOLO_FAMILIES + TORCHVISION_FAMILIES + JAX_FAMILIES
 # ShuffleNetV2 under SSD's augmentation still underfit at 30 epochs (train mAP 0.266, val 0.241); 60 gave val 0.391.
-DEFAULT_EPOCHS = {"yolov8n": 30, "tinyssd-jax": 40, "ssd-shufflenetv2": 60}
+DEFAULT_EPOCHS = {"yolov8n": 30, "tinyssd-jax": 40, "ssd-shufflenetv2": 60, "ssd-resnet50": 60}
 TORCHVISION_EPOCHS = 30
 # SSD's scale augmentation where flips alone overfit: with flips ShuffleNetV2 reached train mAP 0.57 but val 0.228
 # at 30 epochs, with this policy val 0.241 (one run each). The ResNet-50 families, not yet trained, start with it.
 TORCHVISION_AUGMENT = {"ssd-shufflenetv2": "ssd", "ssd-resnet50": "ssd", "retinanet-r50-fpn": "ssd",
                        "fasterrcnn-r50-fpn": "ssd"}
 # bf16 autocast where the backbone is big: a training step of SSD-ResNet50 (batch 16, 320 px) took 3.4 s against 9.5 s
-# in fp32 on this project's 2-core CPU (AVX512-BF16). The first SSD-ResNet50 run so (30 epochs, SSD's augmentation)
-# ended at loss 5.27 and val mAP 0.069 (benchmarks/results/training/): an underfit whose cause - epochs, learning
-# rate for a ResNet-50 from scratch, or bf16 - is not yet isolated, so it is not a reference.
-TORCHVISION_PRECISION = {"retinanet-r50-fpn": "bf16", "fasterrcnn-r50-fpn": "bf16"}
+# in fp32 on this project's 2-core CPU (AVX512-BF16). Its first run (30 epochs at the default learning rate) underfit
+# (loss 5.27, val mAP 0.069), but fp32 did no better over the first three epochs: both stalled at the warm-up's peak
+# (bf16 17.5, 15.3, 17.7; fp32 17.5, 17.0, 17.4; benchmarks/results/training/, with precision_check.py's gradients).
+TORCHVISION_PRECISION = {"ssd-resnet50": "bf16", "retinanet-r50-fpn": "bf16", "fasterrcnn-r50-fpn": "bf16"}
+# So the ResNet-50 backbones, from scratch, take a lower peak learning rate than the default 2e-3 (a choice from the
+# SSD run's stall; the two-stage and RetinaNet runs have not tested it) and, like ShuffleNetV2, 60 epochs for SSD.
+TORCHVISION_LR = {"ssd-resnet50": 5e-4, "retinanet-r50-fpn": 5e-4, "fasterrcnn-r50-fpn": 5e-4}
 STAMPS = ("synth.json", "trees.json")  # the files that say which generator wrote a dataset folder
 
 
@@ -121,13 +124,14 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
 
         augment = TORCHVISION_AUGMENT.get(model, "flip")
         precision = TORCHVISION_PRECISION.get(model, "fp32")
-        history = train_detector(trained, train, TrainSettings(epochs, augment=augment, precision=precision),
+        lr = TORCHVISION_LR.get(model, TrainSettings.lr)
+        history = train_detector(trained, train, TrainSettings(epochs, lr=lr, augment=augment, precision=precision),
                                  work / "state.pt", log=log_epoch)
         train_seconds = sum(h["seconds"] for h in history)  # over every run that contributed epochs
         with atomic_path(log_path) as tmp:  # from the state's history: a resumed run's log keeps the epochs before it
             tmp.write_text("".join(epoch_line(h, epochs) + "\n" for h in history))
 
-        recipe.update(augment=augment, precision=precision)
+        recipe.update(augment=augment, precision=precision, lr=lr)
 
     val = CocoDetectionSet.from_folder(data, "val", size)
     trained.category_ids = val.category_ids

@@ -87,5 +87,6 @@ def test_an_interrupted_reference_resumes_and_its_log_keeps_every_epoch(tmp_path
     info = train_reference.train_reference("ssdlite320-mbv3", data, epochs=2, size=128, train_images=16,
                                            log=seen.append)
     assert seen[0].startswith("resuming after epoch 1/2") and info["epochs"] == 2
+    assert (info["augment"], info["precision"], info["lr"]) == ("flip", "fp32", 2e-3)  # the recipe is recorded
     log_lines = (package / "ssdlite320-mbv3-synth.log").read_text().splitlines()
     assert [ln.split(" loss")[0] for ln in log_lines] == ["epoch 1/2", "epoch 2/2"]
