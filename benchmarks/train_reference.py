@@ -6,7 +6,8 @@
 
 Each run writes xprune/reference/<model>-<dataset>.{json,log} and the fp16 checkpoint: beside them when it is at
 most 8 MB, else in ~/.cache/xprune/reference (the JSON records its SHA-256). Every epoch is checkpointed in
-~/.cache/xprune/train/; rerunning the same command after an interruption resumes there.
+~/.cache/xprune/train/ (with the progress log of xprune's own loop); rerunning the same command after an
+interruption resumes there.
 """
 
 from __future__ import annotations

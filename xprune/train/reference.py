@@ -116,10 +116,10 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
         trained = build_detector(model, "none", num_classes=train.num_classes, input_size=size)
         lines: list[str] = []
 
-        def log_epoch(line: str) -> None:
+        def log_epoch(line: str) -> None:  # progress in the cache: an unfinished run leaves nothing in the package
             log(line)
             lines.append(line)
-            with atomic_path(log_path) as tmp:
+            with atomic_path(work / log_path.name) as tmp:
                 tmp.write_text("\n".join(lines) + "\n")
 
         augment = TORCHVISION_AUGMENT.get(model, "flip")

@@ -83,6 +83,7 @@ def test_an_interrupted_reference_resumes_and_its_log_keeps_every_epoch(tmp_path
         train_reference.train_reference("ssdlite320-mbv3", data, epochs=2, size=128, train_images=16,
                                         log=stop_after_first_epoch)
     assert not (package / "ssdlite320-mbv3-synth.json").exists()  # no reference from a half-trained run
+    assert not (package / "ssdlite320-mbv3-synth.log").exists()  # its progress log stays in the cache
     seen: list[str] = []
     info = train_reference.train_reference("ssdlite320-mbv3", data, epochs=2, size=128, train_images=16,
                                            log=seen.append)
