@@ -42,6 +42,7 @@ def test_both_precisions_on_the_same_weights_and_the_model_is_restored(synth_dat
     assert not det.model.training and all(p.grad is None for p in det.model.parameters())
 
 
+@pytest.mark.slow  # a subprocess that imports torch; the full suite runs it
 def test_script_refuses_a_family_it_does_not_train_in_one_line(synth_data, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "precision_check.py"), "yolov8n",
                            "--data", str(synth_data), "--out", str(tmp_path)], capture_output=True, text=True)
