@@ -146,6 +146,22 @@ def _resnet50_stages(pretrained: bool):
     return nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3), r.layer4, 1024, 2048
 
 
+# Where torchvision's ResNet-50 modules sit in SSD-ResNet50's backbone (the layout _resnet50_stages builds).
+SSD_RESNET50_MODULES = {"stage16.0.": "conv1.", "stage16.1.": "bn1.", "stage16.4.": "layer1.", "stage16.5.": "layer2.",
+                        "stage16.6.": "layer3.", "stage32.": "layer4."}
+
+
+def resnet50_state_from_ssd(ssd_backbone_state: dict) -> dict:
+    """The torchvision ResNet-50 weights (conv1 to layer4, by torchvision's names) inside an SSD-ResNet50 backbone's
+    state dict; SSD's extra blocks are left out."""
+    out = {}
+    for key, value in ssd_backbone_state.items():
+        for ssd_prefix, resnet_prefix in SSD_RESNET50_MODULES.items():
+            if key.startswith(ssd_prefix):
+                out[resnet_prefix + key.removeprefix(ssd_prefix)] = value
+    return out
+
+
 def _shufflenetv2_stages(pretrained: bool):
     w = torchvision.models.ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1 if pretrained else None
     s = torchvision.models.shufflenet_v2_x1_0(weights=w)

@@ -115,13 +115,13 @@ def settings_from_args(args: argparse.Namespace, log: Log = print) -> StudySetti
 
 
 def train_missing(models: list[str], data: Path, log: Log = print) -> list[str]:
-    """Train (or resume) the reference of every model in `models` that has none, after saying how long each will
-    take on this machine. Returns the models trained."""
+    """Train (or resume) the reference of every model in `models` that has none (and of any model whose trained
+    backbone one of them starts from), after saying how long each will take on this machine. Returns the models
+    trained."""
     from xprune.reference import reference_models
-    from xprune.train.reference import FAMILIES, default_epochs, estimate_seconds, train_reference
+    from xprune.train.reference import default_epochs, estimate_seconds, missing_references, train_reference
 
-    refs = reference_models()
-    missing = [m for m in models if m in FAMILIES and m not in refs]
+    missing = missing_references(models, reference_models())
     if not missing:
         log("--train-missing: every model of the study has its reference")
         return []

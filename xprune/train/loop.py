@@ -126,23 +126,30 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
     return history
 
 
-def seconds_per_step(det: Detector, train: CocoDetectionSet, batch_size: int, steps: int = 2,
-                     precision: str = "fp32") -> float:
-    """Time a few training steps (forward and backward, no update) to estimate how long training will take."""
+def step_seconds(det: Detector, train: CocoDetectionSet, batch_size: int, steps: int = 2,
+                 precision: str = "fp32") -> list[float]:
+    """Time `steps` training steps (forward and backward, no update) after one untimed step, which pays one-time
+    costs; one sample per step."""
     det.model.train()
     generator = torch.Generator().manual_seed(0)
     x, targets = collate_targets([train.sample(i % len(train), augment=True, generator=generator)
                                   for i in range(batch_size)])
 
-    def step() -> None:
+    def step() -> float:
+        t0 = time.perf_counter()
         with autocast(precision):
             loss = det.train_step_loss(x, targets)
         loss.backward()
+        return time.perf_counter() - t0
 
-    step()  # the first step pays one-time costs
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
+    step()
+    samples = [step() for _ in range(steps)]
     det.model.zero_grad(set_to_none=True)
     det.model.eval()
-    return (time.perf_counter() - t0) / steps
+    return samples
+
+
+def seconds_per_step(det: Detector, train: CocoDetectionSet, batch_size: int, steps: int = 2,
+                     precision: str = "fp32") -> float:
+    """The mean of a few timed training steps, to estimate how long training will take."""
+    return sum(step_seconds(det, train, batch_size, steps, precision)) / steps

@@ -16,7 +16,7 @@ import torch
 
 from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
-from xprune.files import atomic_path, file_sha256
+from xprune.files import atomic_path, file_sha256, read_json, write_json
 from xprune.models import build_detector, load_checkpoint, save_checkpoint
 from xprune.reference import HERE as REFERENCE_DIR
 from xprune.reference import cache_dir
@@ -45,6 +45,14 @@ TORCHVISION_PRECISION = {"ssd-resnet50": "bf16", "retinanet-r50-fpn": "bf16", "f
 # So the ResNet-50 backbones, from scratch, take a lower peak learning rate than the default 2e-3 (a choice from the
 # SSD run's stall; the two-stage and RetinaNet runs have not tested it) and, like ShuffleNetV2, 60 epochs for SSD.
 TORCHVISION_LR = {"ssd-resnet50": 5e-4, "retinanet-r50-fpn": 5e-4, "fasterrcnn-r50-fpn": 5e-4}
+# RetinaNet and Faster R-CNN start from SSD-ResNet50's trained ResNet-50, as the paper's models start from ImageNet
+# weights: only their FPN and heads start from scratch. From scratch, such detectors need several times the usual
+# schedule and group or synchronised batch norm (He et al., "Rethinking ImageNet Pre-training", 2019).
+BACKBONE_FROM = {"retinanet-r50-fpn": "ssd-resnet50", "fasterrcnn-r50-fpn": "ssd-resnet50"}
+# RoIs per image that Faster R-CNN's box head samples for its loss (torchvision's default 512; Fast R-CNN used 64).
+# The box head's cost grows with them: a bf16 training step (batch 16, 320 px) took 20.5 s at 512 on this CPU,
+# 9.7 s at 128 (benchmarks/results/training/step-time.md). Training only: inference is unchanged.
+TORCHVISION_ROI_SAMPLES = {"fasterrcnn-r50-fpn": 128}
 STAMPS = ("synth.json", "trees.json")  # the files that say which generator wrote a dataset folder
 
 
@@ -73,9 +81,47 @@ def estimate_seconds(model: str, data: Path, epochs: int, size: int = 320, train
         return jax_seconds_per_step(data, size, batch) * (images // batch) * epochs  # the loop drops a last part batch
     train = CocoDetectionSet.from_folder(data, "train", size, limit=train_images)
     batch = 32 if model in YOLO_FAMILIES else TrainSettings(epochs).batch_size
-    det = build_detector(model, "none", num_classes=train.num_classes, input_size=size)
+    det = training_detector(model, train.num_classes, size)
     steps = -(-len(train) // batch) * epochs
     return seconds_per_step(det, train, batch, precision=TORCHVISION_PRECISION.get(model, "fp32")) * steps
+
+
+def training_detector(model: str, num_classes: int, size: int):
+    """An untrained detector of `model` with its training-only settings (`TORCHVISION_ROI_SAMPLES`)."""
+    det = build_detector(model, "none", num_classes=num_classes, input_size=size)
+    if model in TORCHVISION_ROI_SAMPLES:
+        det.model.roi_heads.fg_bg_sampler.batch_size_per_image = TORCHVISION_ROI_SAMPLES[model]
+    return det
+
+
+def missing_references(models: list[str], have: set[str] | dict) -> list[str]:
+    """The models of `models` that xprune can train and that have no reference, in training order: a model whose
+    backbone starts from another's reference comes after that one, which is added when missing too."""
+    out: list[str] = []
+    for m in models:
+        if m not in FAMILIES or m in have:
+            continue
+        source = BACKBONE_FROM.get(m)
+        for name in ([source] if source and source not in have else []) + [m]:
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def start_from_backbone(det, model: str, tag: str, size: int) -> dict:
+    """Load the ResNet-50 of `model`'s `BACKBONE_FROM` reference on dataset `tag` into `det`'s backbone body; return
+    which reference it was (name and SHA-256)."""
+    from xprune.models.torchvision_family import resnet50_state_from_ssd
+    from xprune.reference import reference_models
+
+    source = BACKBONE_FROM[model]
+    refs = reference_models(tag)
+    if source not in refs:
+        raise XpruneError(f"{model} starts from the trained ResNet-50 of {source}, which has no reference on '{tag}' "
+                          f"here: train it first (benchmarks/train_reference.py {source})")
+    weights = load_checkpoint(Path(refs[source]["path"]), source, size).model.backbone.state_dict()
+    det.model.backbone.body.load_state_dict(resnet50_state_from_ssd(weights))
+    return {"reference": f"{source}-{tag}", "sha256": refs[source]["sha256"]}
 
 
 def _stamp_summary(tag: str, stamp: dict) -> dict:
@@ -113,7 +159,14 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
         trained = load_checkpoint(last, model, size)
     else:
         train = CocoDetectionSet.from_folder(data, "train", size, limit=train_images)
-        trained = build_detector(model, "none", num_classes=train.num_classes, input_size=size)
+        trained = training_detector(model, train.num_classes, size)
+        if model in BACKBONE_FROM:
+            start = work / "backbone.json"  # what a fresh run started from; a resumed run's state overrides it
+            if not (work / "state.pt").is_file():
+                write_json(start, start_from_backbone(trained, model, tag, size))
+            recipe["backbone_from"] = read_json(start) if start.is_file() else None
+        if model in TORCHVISION_ROI_SAMPLES:
+            recipe["roi_samples"] = TORCHVISION_ROI_SAMPLES[model]
         lines: list[str] = []
 
         def log_epoch(line: str) -> None:  # progress in the cache: an unfinished run leaves nothing in the package

@@ -91,3 +91,76 @@ def test_an_interrupted_reference_resumes_and_its_log_keeps_every_epoch(tmp_path
     assert (info["augment"], info["precision"], info["lr"]) == ("flip", "fp32", 2e-3)  # the recipe is recorded
     log_lines = (package / "ssdlite320-mbv3-synth.log").read_text().splitlines()
     assert [ln.split(" loss")[0] for ln in log_lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_missing_references_train_a_backbone_source_first():
+    from xprune.train.reference import missing_references
+
+    assert missing_references(["yolov8n", "fasterrcnn-r50-fpn", "retinanet-r50-fpn", "yolov8s"], {"yolov8n"}) == [
+        "ssd-resnet50", "fasterrcnn-r50-fpn", "retinanet-r50-fpn"]  # yolov8s: no reference training
+    assert missing_references(["retinanet-r50-fpn"], {"ssd-resnet50"}) == ["retinanet-r50-fpn"]
+    assert missing_references(["ssd-resnet50", "retinanet-r50-fpn"], set()) == ["ssd-resnet50", "retinanet-r50-fpn"]
+
+
+@pytest.mark.parametrize("target", ["retinanet-r50-fpn", "fasterrcnn-r50-fpn"])
+def test_ssd_resnet50_weights_become_the_fpn_families_resnet(target):
+    import torch
+
+    from xprune.models import build_detector
+    from xprune.models.torchvision_family import resnet50_state_from_ssd
+
+    ssd = build_detector("ssd-resnet50", "none", num_classes=3, input_size=128).model.backbone.eval()
+    det = build_detector(target, "none", num_classes=3, input_size=128)
+    body = det.model.backbone.body.eval()
+    body.load_state_dict(resnet50_state_from_ssd(ssd.state_dict()))  # strict: every ResNet-50 weight is covered
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        c5 = list(body(x).values())[-1]  # the families return different stages; layer4's output is the last
+        assert torch.equal(c5, ssd.stage32(ssd.stage16(x)))  # the same network
+
+
+def test_a_warm_started_family_needs_its_source_reference(tmp_path, monkeypatch, synth_data):
+    import xprune.train.reference as train_reference
+
+    monkeypatch.setattr(reference, "HERE", tmp_path)
+    monkeypatch.setattr(train_reference, "REFERENCE_DIR", tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(XpruneError, match="starts from the trained ResNet-50 of ssd-resnet50.*train it first"):
+        train_reference.train_reference("retinanet-r50-fpn", synth_data, epochs=1, size=128, train_images=16)
+    assert not list(tmp_path.glob("retinanet*"))
+
+
+@pytest.mark.slow
+def test_retinanet_starts_from_the_ssd_resnet50_reference_and_records_it(tmp_path, monkeypatch):
+    import torch
+
+    import xprune.train.reference as train_reference
+    from xprune.data.synth import SynthConfig, generate
+    from xprune.models import build_detector, load_checkpoint, save_checkpoint
+
+    data = generate(tmp_path / "data", SynthConfig(image_size=128, train=16, val=4, calib=4))
+    package = tmp_path / "package"
+    package.mkdir()
+    monkeypatch.setattr(reference, "HERE", package)
+    monkeypatch.setattr(train_reference, "REFERENCE_DIR", package)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ssd = build_detector("ssd-resnet50", "none", num_classes=3, input_size=128)
+    save_checkpoint(ssd, package / "ssd-resnet50-synth.pt", half=True)
+    _record(package, "ssd-resnet50", "package", file_sha256(package / "ssd-resnet50-synth.pt"))
+
+    started: dict = {}
+    real_start = train_reference.start_from_backbone
+
+    def spy(det, *args):
+        record = real_start(det, *args)
+        started.update({k: v.clone() for k, v in det.model.backbone.body.state_dict().items()})  # before training
+        return record
+
+    monkeypatch.setattr(train_reference, "start_from_backbone", spy)
+    info = train_reference.train_reference("retinanet-r50-fpn", data, epochs=1, size=128, train_images=16,
+                                           log=lambda line: None)
+    assert info["backbone_from"] == {"reference": "ssd-resnet50-synth",
+                                     "sha256": file_sha256(package / "ssd-resnet50-synth.pt")}
+    source = load_checkpoint(package / "ssd-resnet50-synth.pt", "ssd-resnet50", 128).model.backbone
+    assert torch.equal(started["layer4.2.conv3.weight"], source.stage32[2].conv3.weight.float())
+    assert torch.equal(started["conv1.weight"], source.stage16[0].weight.float())
