@@ -15,11 +15,28 @@ def _record(folder, model, stored, sha):
         {"model": model, "checkpoint": f"{model}-synth.pt", "stored": stored, "sha256": sha}))
 
 
-def test_cached_checkpoints_are_found_by_hash(tmp_path, monkeypatch):
-    package, cache = tmp_path / "package", tmp_path / "cache"
-    package.mkdir()
-    monkeypatch.setattr(reference, "HERE", package)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """An empty reference folder in place of the package's, and a cache folder of its own."""
+    import xprune.train.reference as train_reference
+
+    folder = tmp_path / "package"
+    folder.mkdir()
+    monkeypatch.setattr(reference, "HERE", folder)
+    monkeypatch.setattr(train_reference, "REFERENCE_DIR", folder)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return folder
+
+
+@pytest.fixture
+def batch_data(tmp_path):
+    """A synthetic dataset of exactly one training batch (16 images at 128 px)."""
+    from xprune.data.synth import SynthConfig, generate
+    return generate(tmp_path / "data", SynthConfig(image_size=128, train=16, val=4, calib=4))
+
+
+def test_cached_checkpoints_are_found_by_hash(package, tmp_path):
+    cache = tmp_path / "cache"
     (package / "small-synth.pt").write_bytes(b"weights")
     _record(package, "small", "package", file_sha256(package / "small-synth.pt"))
     (cache / "xprune" / "reference").mkdir(parents=True)
@@ -42,19 +59,11 @@ def test_dataset_stamp_names_the_generator(tmp_path, synth_data):
 
 
 @pytest.mark.slow
-def test_a_jax_reference_is_trained_saved_as_msgpack_and_found(tmp_path, monkeypatch):
+def test_a_jax_reference_is_trained_saved_as_msgpack_and_found(package, batch_data):
     pytest.importorskip("optax")
     import xprune.train.reference as train_reference
-    from xprune.data.synth import SynthConfig, generate
 
-    data = generate(tmp_path / "data", SynthConfig(image_size=128, train=16, val=4, calib=4))  # one batch of 16
-
-    package = tmp_path / "package"
-    package.mkdir()
-    monkeypatch.setattr(reference, "HERE", package)
-    monkeypatch.setattr(train_reference, "REFERENCE_DIR", package)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    info = train_reference.train_reference("tinyssd-jax", data, epochs=1, size=128, train_images=16,
+    info = train_reference.train_reference("tinyssd-jax", batch_data, epochs=1, size=128, train_images=16,
                                            log=lambda line: None)
     assert info["checkpoint"] == "tinyssd-jax-synth.msgpack" and info["stored"] == "package"
     assert 0.0 <= info["val_map"] <= 1.0 and info["epochs"] == 1
@@ -64,28 +73,20 @@ def test_a_jax_reference_is_trained_saved_as_msgpack_and_found(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_an_interrupted_reference_resumes_and_its_log_keeps_every_epoch(tmp_path, monkeypatch):
+def test_an_interrupted_reference_resumes_and_its_log_keeps_every_epoch(package, batch_data):
     import xprune.train.reference as train_reference
-    from xprune.data.synth import SynthConfig, generate
-
-    data = generate(tmp_path / "data", SynthConfig(image_size=128, train=16, val=4, calib=4))
-    package = tmp_path / "package"
-    package.mkdir()
-    monkeypatch.setattr(reference, "HERE", package)
-    monkeypatch.setattr(train_reference, "REFERENCE_DIR", package)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     def stop_after_first_epoch(line: str) -> None:
         if line.startswith("epoch 1/2"):
             raise KeyboardInterrupt  # after the epoch's state was saved, as a Ctrl-C would land
 
     with pytest.raises(KeyboardInterrupt):
-        train_reference.train_reference("ssdlite320-mbv3", data, epochs=2, size=128, train_images=16,
+        train_reference.train_reference("ssdlite320-mbv3", batch_data, epochs=2, size=128, train_images=16,
                                         log=stop_after_first_epoch)
     assert not (package / "ssdlite320-mbv3-synth.json").exists()  # no reference from a half-trained run
     assert not (package / "ssdlite320-mbv3-synth.log").exists()  # its progress log stays in the cache
     seen: list[str] = []
-    info = train_reference.train_reference("ssdlite320-mbv3", data, epochs=2, size=128, train_images=16,
+    info = train_reference.train_reference("ssdlite320-mbv3", batch_data, epochs=2, size=128, train_images=16,
                                            log=seen.append)
     assert seen[0].startswith("resuming after epoch 1/2") and info["epochs"] == 2
     assert (info["augment"], info["precision"], info["lr"]) == ("flip", "fp32", 2e-3)  # the recipe is recorded
@@ -119,31 +120,21 @@ def test_ssd_resnet50_weights_become_the_fpn_families_resnet(target):
         assert torch.equal(c5, ssd.stage32(ssd.stage16(x)))  # the same network
 
 
-def test_a_warm_started_family_needs_its_source_reference(tmp_path, monkeypatch, synth_data):
+def test_a_warm_started_family_needs_its_source_reference(package, synth_data):
     import xprune.train.reference as train_reference
 
-    monkeypatch.setattr(reference, "HERE", tmp_path)
-    monkeypatch.setattr(train_reference, "REFERENCE_DIR", tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(XpruneError, match="starts from the trained ResNet-50 of ssd-resnet50.*train it first"):
         train_reference.train_reference("retinanet-r50-fpn", synth_data, epochs=1, size=128, train_images=16)
-    assert not list(tmp_path.glob("retinanet*"))
+    assert list(package.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_retinanet_starts_from_the_ssd_resnet50_reference_and_records_it(tmp_path, monkeypatch):
+def test_retinanet_starts_from_the_ssd_resnet50_reference_and_records_it(package, batch_data, monkeypatch):
     import torch
 
     import xprune.train.reference as train_reference
-    from xprune.data.synth import SynthConfig, generate
     from xprune.models import build_detector, load_checkpoint, save_checkpoint
 
-    data = generate(tmp_path / "data", SynthConfig(image_size=128, train=16, val=4, calib=4))
-    package = tmp_path / "package"
-    package.mkdir()
-    monkeypatch.setattr(reference, "HERE", package)
-    monkeypatch.setattr(train_reference, "REFERENCE_DIR", package)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     ssd = build_detector("ssd-resnet50", "none", num_classes=3, input_size=128)
     save_checkpoint(ssd, package / "ssd-resnet50-synth.pt", half=True)
     _record(package, "ssd-resnet50", "package", file_sha256(package / "ssd-resnet50-synth.pt"))
@@ -157,7 +148,7 @@ def test_retinanet_starts_from_the_ssd_resnet50_reference_and_records_it(tmp_pat
         return record
 
     monkeypatch.setattr(train_reference, "start_from_backbone", spy)
-    info = train_reference.train_reference("retinanet-r50-fpn", data, epochs=1, size=128, train_images=16,
+    info = train_reference.train_reference("retinanet-r50-fpn", batch_data, epochs=1, size=128, train_images=16,
                                            log=lambda line: None)
     assert info["backbone_from"] == {"reference": "ssd-resnet50-synth",
                                      "sha256": file_sha256(package / "ssd-resnet50-synth.pt")}
