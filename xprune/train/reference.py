@@ -163,7 +163,9 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
         if model in BACKBONE_FROM:
             start = work / "backbone.json"  # what a fresh run started from; a resumed run's state overrides it
             if not (work / "state.pt").is_file():
-                write_json(start, start_from_backbone(trained, model, tag, size))
+                source = start_from_backbone(trained, model, tag, size)
+                write_json(start, source)
+                log(f"{model}: the backbone starts from the ResNet-50 of {source['reference']}")
             recipe["backbone_from"] = read_json(start) if start.is_file() else None
         if model in TORCHVISION_ROI_SAMPLES:
             recipe["roi_samples"] = TORCHVISION_ROI_SAMPLES[model]
