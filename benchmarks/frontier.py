@@ -104,7 +104,7 @@ def run_model(name: str, s: Settings, data: Path, work: Path) -> dict:
     from xprune.export.onnx_export import export_onnx
     from xprune.importance.criteria import get_criterion
     from xprune.importance.scores import score_layers
-    from xprune.prune.branches import FoldAnalysis
+    from xprune.export.fold.analysis import FoldAnalysis
     from xprune.prune.finetune import FinetuneSettings, finetune_layers, train_split
     from xprune.prune.plan import Infeasible, Selection, apply_plan
 

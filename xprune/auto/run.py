@@ -5,10 +5,12 @@
                                 plain rate search, mAP measured on the calib images after the scored ones
     baseline.onnx, model.onnx   the unpruned and the pruned model exported the same way (onnxslim, the fold)
     bench.json                  both timed interleaved with an A/A copy of the baseline, mAP of each per image
-    auto.json                   the arguments, each stage's time and file, the verdicts; report.md from it
+    auto.json                   the arguments, each stage's time, files and inputs, the verdicts; report.md from it
+    auto.stamp.json             the job's input identity (`xprune.resume`): its arguments, the checkpoint's SHA-256
 
-A stage whose output is there from a run with the same arguments is skipped; other arguments are refused, so an
-OUT folder never mixes two jobs.
+A stage whose files are there from a run with the same arguments and checkpoint, made from the same input files
+(SHA-256), is kept; another job's arguments or checkpoint are refused in one line, so an OUT folder never mixes
+two jobs. The prune stage is `xprune.prune.run.prune_checkpoint`, as `xprune prune` runs it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from xprune.errors import XpruneError
 from xprune.files import read_json, write_json
+from xprune.prune.run import PruneRequest, prune_checkpoint
+from xprune.resume import Stamp, input_identity, plain
 
 Log = Callable[[str], None]
 FORMAT = "xprune-auto-1"
 STATE = "auto.json"
+STAMP = "auto.stamp.json"  # the job's inputs: its arguments and the SHA-256 of the checkpoint
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class AutoSettings:
     val_images: int | None = None  # the benchmark's mAP: the first N val images (default all)
     runs: int = 100  # interleaved timing rounds
     threads: int | None = None
-    engine: str = "onnx"  # or "trt": also build a TensorRT engine from the folded model
+    engine: str = "onnx"  # or an engine the runtime registry builds from the folded model ("trt": TensorRT)
     fp16: bool = False
 
     def identity(self) -> dict:
@@ -56,22 +61,27 @@ class AutoSettings:
         return {k: v for k, v in asdict(self).items() if k != "out"}
 
 
+def prune_request(s: AutoSettings, family: str | None = None) -> PruneRequest:
+    """The prune stage: the budget search on OUT/scores.json over the safe candidates, in steps with fine-tuning
+    unless `finetune_epochs` is 0; OUT/pruned.pt and its plan, search record and steps beside it."""
+    out = Path(s.out)
+    return PruneRequest(weights=str(s.weights), scores=str(out / "scores.json"), out=str(out / "pruned.pt"),
+                        model=s.model or family, data=s.data, max_map_drop=s.max_map_drop, policy="safe",
+                        rank=s.rank, held_out_images=s.held_out_images, max_rate=s.max_rate,
+                        finetune_epochs=s.finetune_epochs or None, finetune_batch_size=s.finetune_batch_size,
+                        finetune_lr=s.finetune_lr, finetune_images=s.finetune_images, step_rate=s.step_rate)
+
+
 def check(s: AutoSettings) -> None:
     """Bad arguments fail before any work, in one line each."""
     from xprune.data.coco import dataset_exists, has_split
     from xprune.importance.criteria import get_criterion
-    from xprune.prune.budget import check_max_map_drop, check_step_rate
-    from xprune.prune.plan import check_rank
 
     get_criterion(s.method)
-    check_max_map_drop(s.max_map_drop)
-    check_step_rate(s.step_rate)
-    check_rank(s.rank)
-    if s.engine not in ("onnx", "trt"):
-        raise XpruneError(f"--engine must be onnx or trt, got {s.engine}")
-    if s.engine == "trt":
-        from xprune.runtime.tensorrt import require_tensorrt
-        require_tensorrt()
+    prune_request(s).check()
+    if s.engine != "onnx":  # an engine the registry builds from the folded ONNX, and can build here
+        from xprune.runtime.registry import engine_builder
+        engine_builder(s.engine).available()
     if s.finetune_epochs < 0 or s.runs < 10:
         raise XpruneError("--finetune-epochs must be >= 0 and --runs >= 10")
     if not Path(s.weights).is_file():
@@ -85,49 +95,48 @@ def check(s: AutoSettings) -> None:
 
 
 class Job:
-    """OUT and its state file: which stages are done, with what."""
+    """OUT, claimed by the job's stamp (another job's folder is refused in one line), and auto.json: which stages
+    are done, from which input files, with what result."""
 
     def __init__(self, s: AutoSettings, log: Log):
         self.s, self.log = s, log
         self.out = Path(s.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        identity = input_identity(s.identity(), files={"weights": s.weights})
         path = self.out / STATE
-        if path.is_file():
+        if Stamp(self.out / STAMP, identity, "pruning job").claim(resumable=[path]):
             state = read_json(path, "auto state")
             if not isinstance(state, dict) or state.get("format") != FORMAT:
                 raise XpruneError(f"{path} was not written by xprune auto; use another --out")
-            if state.get("settings") != _plain(s.identity()):
-                raise XpruneError(f"{self.out} holds a run with other arguments; use another --out or delete it")
             self.state = state
             done = [k for k, v in state["stages"].items() if v.get("done")]
             if done:
                 log(f"resuming in {self.out}: {', '.join(done)} done")
         else:
-            self.state = {"format": FORMAT, "settings": _plain(s.identity()), "stages": {}}
+            self.state = {"format": FORMAT, "settings": plain(s.identity()), "stages": {}}
             self.save()
 
     def save(self) -> None:
         write_json(self.out / STATE, self.state)
 
-    def stage(self, name: str, files: list[str], work: Callable[[], dict | None]) -> dict:
-        """Run `work` unless the stage is recorded done and its files are there; record its time and result."""
+    def stage(self, name: str, files: list[str], work: Callable[[], dict | None],
+              inputs: Sequence[str] = ()) -> dict:
+        """Run `work` unless the stage is recorded done from the same `inputs` (files in OUT, by SHA-256) and its
+        `files` are there; record its time, inputs and result. A stage whose inputs were remade runs again."""
+        identity = input_identity({}, files={f: self.out / f for f in inputs})
         rec = self.state["stages"].get(name)
-        if rec and rec.get("done") and all((self.out / f).is_file() for f in files):
+        if rec and rec.get("done") and rec.get("inputs") == identity and all((self.out / f).is_file() for f in files):
             self.log(f"[{name}] done before, kept: {', '.join(files)}")
             return rec
         self.log(f"[{name}] ...")
         t0 = time.perf_counter()
         result = work() or {}
-        rec = {"done": True, "seconds": round(time.perf_counter() - t0, 1), "files": files, **result}
+        rec = {"done": True, "seconds": round(time.perf_counter() - t0, 1), "files": files, "inputs": identity,
+               **result}
         self.state["stages"][name] = rec
         self.save()
         self.log(f"[{name}] {rec['seconds']:.0f} s")
         return rec
-
-
-def _plain(doc: dict) -> dict:
-    import json
-    return json.loads(json.dumps(doc))
 
 
 def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") -> Path:
@@ -156,32 +165,10 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
     job.stage("score", ["scores.json"], score)
 
     def prune() -> dict:
-        from xprune.importance.scores import read_scores
-        from xprune.models import save_checkpoint
-        from xprune.prune.branches import fold_analysis_for
-        from xprune.prune.budget import budget_plan, iterative_budget_plan
-        from xprune.prune.finetune import FinetuneSettings
-        from xprune.prune.plan import apply_plan
-
-        pruned = build_detector(s.model or det.family, s.weights)
-        scores = read_scores(out / "scores.json")
-        fold = fold_analysis_for(pruned, required=s.rank == "per-mac", log=log)
-        report = out / "pruned.search.json"
-        if s.finetune_epochs:
-            ft = FinetuneSettings(epochs=s.finetune_epochs, batch_size=s.finetune_batch_size, lr=s.finetune_lr)
-            plan = iterative_budget_plan(pruned, scores, s.data, s.max_map_drop, ft, out / "pruned.steps", "safe",
-                                         s.rank, fold, s.step_rate, s.held_out_images, s.max_rate,
-                                         s.finetune_images, search_report=report, log=log, progress=True)
-        else:
-            plan = budget_plan(pruned, scores, s.data, s.max_map_drop, "safe", held_out_images=s.held_out_images,
-                               max_rate=s.max_rate, search_report=report, log=log, rank=s.rank, fold=fold)
-        plan.weights = str(s.weights)
-        apply_plan(pruned, plan)
-        save_checkpoint(pruned, out / "pruned.pt", meta={"pruning": plan.to_json()})
-        write_json(out / "pruned.plan.json", plan.to_json())
+        plan = prune_checkpoint(prune_request(s, det.family), log=log, progress=True)
         return {"layers_zeroed": len(plan.selected), "candidates": plan.candidates, "rate": plan.rate}
 
-    job.stage("prune", ["pruned.pt", "pruned.plan.json"], prune)
+    job.stage("prune", ["pruned.pt", "pruned.plan.json"], prune, inputs=["scores.json"])
 
     def export() -> dict:
         from xprune.export.onnx_export import export_onnx
@@ -194,7 +181,7 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
                 "model": {k: model[k] for k in ("nodes_after", "macs_after", "params", "removed_mac_fraction",
                                                  "dead_outputs")}}
 
-    job.stage("export", ["baseline.onnx", "model.onnx"], export)
+    job.stage("export", ["baseline.onnx", "model.onnx"], export, inputs=["pruned.pt"])
 
     def bench() -> dict:
         from xprune.bench.latency import LatencyProtocol
@@ -217,7 +204,7 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
         base, aa, model = doc["rows"]
         return {"latency": paired_summary(model, base), "aa_control": paired_summary(aa, base)}
 
-    job.stage("bench", ["bench.json"], bench)
+    job.stage("bench", ["bench.json"], bench, inputs=["baseline.onnx", "model.onnx"])
 
     def verdict() -> dict:
         from xprune.bench.gate import judge_accuracy
@@ -228,13 +215,16 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
         acc = judge_accuracy(base, model, "model.onnx", s.max_map_drop, 0.95, 1000, 0)
         return {"accuracy": dataclasses.asdict(acc)}
 
-    job.stage("verdict", ["bench.json"], verdict)
+    job.stage("verdict", ["bench.json"], verdict, inputs=["bench.json"])
 
-    if s.engine == "trt":
+    if s.engine != "onnx":
+        from xprune.runtime.registry import EngineOptions, engine_builder
+        builder = engine_builder(s.engine)
+        engine_file = "model" + builder.suffixes[0]
+
         def engine() -> dict:
-            from xprune.runtime.tensorrt.build import build_engine
-            return {"engine": build_engine(out / "model.onnx", out / "model.engine", fp16=s.fp16)}
-        job.stage("engine", ["model.engine"], engine)
+            return {"engine": builder.build(out / "model.onnx", out / engine_file, EngineOptions(fp16=s.fp16))}
+        job.stage("engine", [engine_file], engine, inputs=["model.onnx"])
 
     from xprune.auto.report import write_report
     return write_report(out)

@@ -20,16 +20,20 @@ gate refuses to compare relative latencies measured against different reference 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from xprune.bench.latency import LatencyProtocol, time_call_ms
 from xprune.errors import XpruneError
 
+if TYPE_CHECKING:
+    from xprune.runtime.base import Runner
+
 REFERENCE_SUFFIX = "@reference"
 REFERENCE_NAME = "xprune-reference-convnet"
 REFERENCE_VERSION = 1
+REFERENCE_BACKEND = "onnxruntime"  # part of the workload's identity (`describe()`): it always runs there
 _OPSET = 17
 _IR_VERSION = 8  # old enough for every onnxruntime this project supports
 
@@ -82,17 +86,18 @@ class ReferenceWorkload:
         self.model, self.macs, self.input_shape = conv_net(self.IN_CHANNELS, self.CHANNELS, self.SIZE, self.DEPTH,
                                                            self.SEED)
         self.input = np.random.default_rng(self.SEED).standard_normal(self.input_shape).astype(np.float32)
-        self._runner = None
+        self._runner: Runner | None = None
 
     def describe(self) -> dict:
         """What identifies this workload in a results file; relative latencies are comparable only when equal."""
         return {"name": REFERENCE_NAME, "version": REFERENCE_VERSION, "macs": self.macs,
-                "input_shape": list(self.input_shape), "engine": "onnxruntime", "threads": self.threads}
+                "input_shape": list(self.input_shape), "engine": REFERENCE_BACKEND, "threads": self.threads}
 
     def __enter__(self) -> "ReferenceWorkload":
-        from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner  # heavy imports, only when used
+        from xprune.runtime.registry import TargetOptions, backend_named
 
-        self._runner = OnnxRuntimeRunner(self.model, threads=self.threads, spinning=False).__enter__()
+        runner = backend_named(REFERENCE_BACKEND).runner(self.model, TargetOptions(threads=self.threads))
+        self._runner = runner.__enter__()  # spinning off: the backend's default
         return self
 
     def __exit__(self, *exc) -> None:

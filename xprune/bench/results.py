@@ -4,7 +4,7 @@ statistics from raw data instead of trusting summaries.
     {"format": "xprune-bench-1", "command": "...", "environment": {...}, "protocol": {...},
      "rows": [{"model", "variant", "method", "rate", "engine", "device", "precision", "input_shape",
                "samples_ms": [...], "median_ms", "p90_ms", "p99_ms", "fps", ... optional "map", "map50",
-               "map_matches" (the per-image COCO evaluation, `xprune.evaluate.bootstrap.ImageMatches.to_json`,
+               "map_matches" (the per-image COCO evaluation, `xprune.evaluate.image_matches.ImageMatches.to_json`,
                from which the gate bootstraps mAP differences), "macs", "params", "reference_samples_ms" (a fixed
                workload timed interleaved with the model)}]}
 """

@@ -23,7 +23,7 @@ from xprune.data.coco import dataset_exists
 from xprune.errors import XpruneError
 from xprune.files import file_sha256
 from xprune.runtime.base import CUDA_EVENTS, HOST_CLOCK, Runner
-from xprune.runtime.registry import TargetOptions, backend_for
+from xprune.runtime.registry import Backend, TargetOptions, backend_for
 
 
 @dataclass
@@ -36,12 +36,13 @@ class Target:
 
 
 def open_target(path: str | Path, device: str = "cpu", model: str | None = None, threads: int | None = None,
-                fp16: bool = False) -> Target:
-    """A runner for the file, from the backend its suffix names (see `xprune.runtime.registry.BACKENDS`)."""
+                fp16: bool = False, backend: Backend | None = None) -> Target:
+    """A runner for the file, from `backend` or else the backend its suffix names (see
+    `xprune.runtime.registry.BACKENDS`)."""
     path = Path(path)
     if not path.is_file():
         raise XpruneError(f"benchmark target not found: {path}")
-    backend = backend_for(path)
+    backend = backend or backend_for(path)
     info: dict[str, Any] = {"source": str(path), "source_sha256": file_sha256(path)}
     runner, facts = backend.open(path, TargetOptions(device=device, model=model, threads=threads, fp16=fp16))
     info.update(facts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from xprune.cli.common import positive_int
+from xprune.runtime.registry import engine_names
 
 
 def cmd_auto(args) -> None:
@@ -43,6 +44,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--val-images", type=positive_int, default=None, help="report mAP on the first N val images")
     p.add_argument("--runs", type=positive_int, default=d.runs, help="interleaved timing rounds")
     p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--engine", default=d.engine, help="onnx (default) or trt (also build a TensorRT engine)")
-    p.add_argument("--fp16", action="store_true", help="with --engine trt")
+    p.add_argument("--engine", default=d.engine, help="onnx (default), or also build an engine from the folded model: "
+                   + ", ".join(engine_names()))
+    p.add_argument("--fp16", action="store_true", help="with an --engine build")
     p.set_defaults(func=cmd_auto)

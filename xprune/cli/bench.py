@@ -83,8 +83,10 @@ def cmd_compare(args) -> int:
 
 
 def add_parsers(sub) -> None:
+    from xprune.runtime.registry import BACKENDS
+    opened = ", ".join(f"{'/'.join(b.suffixes)} ({b.label})" for b in BACKENDS.values())
     p = sub.add_parser("bench", help="latency (and mAP with --data) of .onnx / .engine / .pt targets; results JSON")
-    p.add_argument("targets", nargs="*", help=".onnx (ONNX Runtime), .engine/.plan (TensorRT), .pt (PyTorch, needs --model)")
+    p.add_argument("targets", nargs="*", help=f"{opened}; a .pt checkpoint needs --model")
     p.add_argument("--engine", action="append", default=None, metavar="FILE", help="another target (repeatable)")
     p.add_argument("--out", required=True, help="results JSON (raw samples + environment)")
     p.add_argument("--model", default=None, help="family of .pt targets")

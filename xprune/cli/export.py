@@ -1,4 +1,4 @@
-"""Commands of the export stage: export (ONNX or TensorRT) and fold."""
+"""Commands of the export stage: export (ONNX, or an engine a backend of the registry builds from it) and fold."""
 
 from __future__ import annotations
 
@@ -8,29 +8,33 @@ from pathlib import Path
 from xprune.cli.common import batch_profile, classes_from_data, load_detector, model_args, positive_int
 from xprune.errors import XpruneError
 
+ONNX = "onnx"  # `--engine onnx`: the export itself, no engine built from it
+
 
 def cmd_export(args) -> None:
     from xprune.export.onnx_export import export_onnx
-    if args.engine == "trt":
-        from xprune.runtime.tensorrt import require_tensorrt
-        require_tensorrt()  # fail before the minutes of export work, not after
+    from xprune.runtime.registry import EngineOptions, engine_builder, engine_names
+    builder = None if args.engine == ONNX else engine_builder(args.engine)
+    if builder is not None:
+        builder.available()  # fail before the minutes of export work, not after
     elif any([args.fp16, args.int8, args.timing_cache, args.dynamic_batch]):
-        raise XpruneError("--fp16, --int8, --timing-cache and --dynamic-batch apply to --engine trt only")
+        raise XpruneError("--fp16, --int8, --timing-cache and --dynamic-batch apply to engine builds "
+                          f"(--engine {' / '.join(engine_names())}) only")
     det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
     out = Path(args.out)
-    onnx_path = out if args.engine == "onnx" else out.with_suffix(".onnx")
+    onnx_path = out if builder is None else out.with_suffix(".onnx")
     report = export_onnx(det, onnx_path, fold=not args.no_fold, log=lambda m: print(m, file=sys.stderr))
     _print_fold_report(report)
     from xprune.files import write_json
     write_json(onnx_path.with_suffix(onnx_path.suffix + ".json"), report)
     print(f"ONNX: {onnx_path}")
-    if args.engine == "trt":
-        from xprune.runtime.tensorrt.build import build_engine, calibration_batches
-        calib = calibration_batches(args.data, det.input_size, args.calib_images) if args.int8 else None
-        sidecar = build_engine(onnx_path, out, fp16=args.fp16, int8=args.int8, calibration_batches=calib,
-                               workspace_gb=args.workspace_gb, timing_cache=args.timing_cache,
-                               dynamic_batch=args.dynamic_batch)
-        print(f"TensorRT engine ({sidecar['precision']}): {out}")
+    if builder is not None:
+        data, cache = (Path(p) if p else None for p in (args.data, args.timing_cache))
+        options = EngineOptions(fp16=args.fp16, int8=args.int8, calibration_data=data,
+                                calibration_images=args.calib_images, input_size=det.input_size,
+                                workspace_gb=args.workspace_gb, timing_cache=cache, dynamic_batch=args.dynamic_batch)
+        sidecar = builder.build(onnx_path, out, options)
+        print(f"{builder.label} engine ({sidecar['precision']}): {out}")
 
 
 def _print_fold_report(report: dict) -> None:
@@ -53,18 +57,20 @@ def cmd_fold(args) -> None:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("export", help="export to ONNX (zeroed layers folded out) or build a TensorRT engine")
+    from xprune.runtime.registry import engine_names
+    p = sub.add_parser("export", help="export to ONNX (zeroed layers folded out) or build an engine from it")
     model_args(p)
-    p.add_argument("--engine", choices=["onnx", "trt"], default="onnx")
-    p.add_argument("--out", required=True, help="output .onnx (or .engine with --engine trt)")
+    p.add_argument("--engine", choices=[ONNX, *engine_names()], default=ONNX,
+                   help="onnx, or the engine to build from the export")
+    p.add_argument("--out", required=True, help="output .onnx (or the engine file with --engine NAME)")
     p.add_argument("--no-fold", action="store_true", help="keep the zeroed layers in the graph")
-    p.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
-    p.add_argument("--int8", action="store_true", help="TensorRT: int8 with calibration batches from --data")
+    p.add_argument("--fp16", action="store_true", help="engine build: allow fp16 kernels")
+    p.add_argument("--int8", action="store_true", help="engine build: int8 with calibration batches from --data")
     p.add_argument("--calib-images", type=positive_int, default=64)
     p.add_argument("--workspace-gb", type=float, default=4.0)
-    p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--timing-cache", default=None, help="engine build: timing cache file (read and updated)")
     p.add_argument("--dynamic-batch", type=batch_profile, default=None, metavar="MIN,OPT,MAX",
-                   help="TensorRT: a dynamic batch profile, e.g. 1,4,8")
+                   help="engine build: a dynamic batch profile, e.g. 1,4,8")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("fold", help="fold input-independent tensors (zeroed layers) out of any static-shape ONNX model")

@@ -49,54 +49,22 @@ def cmd_score(args) -> None:
 
 
 def cmd_prune(args) -> None:
-    from xprune.files import write_json
-    from xprune.importance.scores import read_scores
-    from xprune.models import save_checkpoint
-    from xprune.prune.branches import fold_analysis_for
-    from xprune.prune.budget import budget_plan, check_max_map_drop, check_step_rate, iterative_budget_plan
-    from xprune.prune.finetune import FinetuneSettings
-    from xprune.prune.plan import apply_plan, check_policy, check_rank, check_rate, plan_pruning
-    if args.max_map_drop is not None and args.rate is not None:
-        raise XpruneError("--rate and --max-map-drop are exclusive: give one")
-    if args.finetune_epochs is not None and args.max_map_drop is None:
-        raise XpruneError("--finetune-epochs goes with --max-map-drop (iterative pruning under a budget)")
-    # checked before the model is loaded and exported: a typo costs nothing
-    check_rank(args.rank)
-    check_policy(args.candidates)
-    check_step_rate(args.step_rate)
-    if args.rate is not None:
-        check_rate(args.rate)
-    if args.max_map_drop is not None:
-        check_max_map_drop(args.max_map_drop)
-    scores = read_scores(args.scores)
-    det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    fold = fold_analysis_for(det, required=args.rank == "per-mac", log=log)
-    report = args.search_report or Path(args.out).with_suffix(".search.json")
-    if args.finetune_epochs is not None:
-        settings = FinetuneSettings(epochs=args.finetune_epochs, batch_size=args.finetune_batch_size,
-                                    lr=args.finetune_lr)
-        plan = iterative_budget_plan(det, scores, args.data, args.max_map_drop, settings,
-                                     Path(args.out).with_suffix(".steps"), args.candidates, args.rank, fold,
-                                     args.step_rate, args.held_out_images, args.max_rate, args.finetune_images,
-                                     search_report=report, log=log, progress=True)
-    elif args.max_map_drop is not None:
-        plan = budget_plan(det, scores, args.data, args.max_map_drop, args.candidates,
-                           held_out_images=args.held_out_images, max_rate=args.max_rate, search_report=report,
-                           log=log, rank=args.rank, fold=fold)
-    else:
-        plan = plan_pruning(det, scores, 0.05 if args.rate is None else args.rate, args.candidates, args.rank, fold)
-    plan.weights = args.weights
-    apply_plan(det, plan)
-    plan_path = args.plan or str(Path(args.out).with_suffix(".plan.json"))
-    save_checkpoint(det, args.out, meta={"pruning": plan.to_json()})
-    write_json(plan_path, plan.to_json())
+    from xprune.prune.run import PruneRequest, prune_checkpoint
+    request = PruneRequest(weights=args.weights, scores=args.scores, out=args.out, model=args.model,
+                           input_size=args.input_size, data=args.data, rate=args.rate, max_map_drop=args.max_map_drop,
+                           policy=args.candidates, rank=args.rank, held_out_images=args.held_out_images,
+                           max_rate=args.max_rate, finetune_epochs=args.finetune_epochs,
+                           finetune_batch_size=args.finetune_batch_size, finetune_lr=args.finetune_lr,
+                           finetune_images=args.finetune_images, step_rate=args.step_rate, plan_file=args.plan,
+                           search_file=args.search_report)
+    plan = prune_checkpoint(request, log=lambda message: print(message, file=sys.stderr), progress=True)
     for e in plan.selected:
         print(f"zeroed {e.layer:<40} score {e.score:.4g}{_fold_note(e)}  ({e.reason})")
     for e in plan.skipped:
         print(f"kept   {e.layer:<40} score {e.score:.4g}{_fold_note(e)}  ({e.reason})")
     folded = f", {plan.fold['removed_mac_fraction']:.1%} of the exported MACs folded out" if plan.fold else ""
-    print(f"{len(plan.selected)} of {plan.candidates} candidate layers zeroed{folded} -> {args.out}, plan {plan_path}")
+    print(f"{len(plan.selected)} of {plan.candidates} candidate layers zeroed{folded} -> {args.out}, "
+          f"plan {request.plan_path}")
 
 
 def _fold_note(choice) -> str:
@@ -156,24 +124,28 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_score)
 
+    from xprune.prune.run import DEFAULT_RATE, PruneRequest
+    d = PruneRequest("", "", "")
     p = sub.add_parser("prune", help="zero the least important layers; write the checkpoint and a plan JSON")
     model_args(p)
     p.add_argument("--scores", required=True)
-    p.add_argument("--rate", type=float, default=None, help="fraction of candidate layers to zero, in (0, 1) (default 0.05)")
+    p.add_argument("--rate", type=float, default=None,
+                   help=f"fraction of candidate layers to zero, in (0, 1) (default {DEFAULT_RATE})")
     p.add_argument("--max-map-drop", type=float, default=None,
                    help="instead of --rate: the largest rate whose mAP drop on held-out calib images is <= D "
                         "(absolute, 0.01 = one point); score with fewer --calib-images to leave images held out")
-    p.add_argument("--held-out-images", type=positive_int, default=64, help="calib images after the scored ones")
+    p.add_argument("--held-out-images", type=positive_int, default=d.held_out_images,
+                   help="calib images after the scored ones")
     p.add_argument("--max-rate", type=float, default=None, help="upper bound of the --max-map-drop search")
     p.add_argument("--search-report", default=None, help="search JSON (default: OUT with .search.json)")
-    p.add_argument("--candidates", default="safe", help="safe (default) or all (the paper's)")
-    p.add_argument("--rank", default="plain",
+    p.add_argument("--candidates", default=d.policy, help="safe (default) or all (the paper's)")
+    p.add_argument("--rank", default=d.rank,
                    help="plain (default): lowest score first; per-mac: lowest score per MAC the fold removes first")
     p.add_argument("--finetune-epochs", type=positive_int, default=None,
                    help="with --max-map-drop: prune in steps, fine-tuning E epochs on the train split after each")
-    p.add_argument("--step-rate", type=float, default=0.05, help="fraction of candidate layers zeroed per step")
-    p.add_argument("--finetune-lr", type=float, default=1e-4)
-    p.add_argument("--finetune-batch-size", type=positive_int, default=16)
+    p.add_argument("--step-rate", type=float, default=d.step_rate, help="fraction of candidate layers zeroed per step")
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    p.add_argument("--finetune-batch-size", type=positive_int, default=d.finetune_batch_size)
     p.add_argument("--finetune-images", type=positive_int, default=None, help="fine-tune on the first N train images")
     p.add_argument("--out", required=True)
     p.add_argument("--plan", default=None, help="plan JSON path (default: OUT with .plan.json)")

@@ -15,9 +15,13 @@ def log_to_stderr(message: str) -> None:
 def cmd_demo(args) -> None:
     from xprune.models.yolo import quiet_ultralytics_env
     from xprune.study import StudySettings, run_study, write_report
+    from xprune.study.demo import demo_models_left_out
     from xprune.study.report import load_study
     from xprune.study.rows import format_rows
 
+    left_out = demo_models_left_out(args.models)
+    if left_out:
+        log_to_stderr(left_out)
     settings = StudySettings.demo(Path(args.out), models=args.models, rate=args.rate, latency_runs=args.latency_runs,
                                   calib_images=args.calib_images, data=Path(args.data) if args.data else None,
                                   val_images=args.val_images, command=" ".join(["xprune", *sys.argv[1:]]))

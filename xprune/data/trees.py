@@ -1,8 +1,6 @@
 """A COCO-format tree-crown dataset from the NEON aerial images and boxes that the `deepforest` package ships.
 
-deepforest's own imports need a heavy stack (geopandas, kornia, hydra...), so it is never imported: its `data/`
-folder is read from a wheel the user names, else from an installed copy (located, not imported), else from the
-wheel that `pip download --no-deps` fetches into the user's cache.
+The files are read without importing deepforest (`xprune.data.deepforest_data` says from where).
 
 Each annotated source image is cut into `tile` x `tile` windows overlapping by `overlap` (the last window of a row
 or column is moved back to end flush with the image). A box is kept in a tile when at least `min_visible` (50 %) of
@@ -16,26 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import xml.etree.ElementTree as ET
-import zipfile
-import zlib
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
-from importlib.util import find_spec
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from xprune.data.deepforest_data import SampleData, locate_sample_data
 from xprune.data.folder import Box, DatasetWriter, ImageRecord
 from xprune.errors import XpruneError
+from xprune.resume import Stamp, first_difference, plain
 
-DEEPFOREST_VERSION = "2.1.0"
 GENERATOR = "xprune-trees-1"
 CLASSES = ["tree"]
 STAMP = "trees.json"
@@ -82,155 +71,6 @@ class TreesConfig:
     @property
     def stride(self) -> int:
         return max(1, round(self.tile * (1 - self.overlap)))
-
-
-# ---------------------------------------------------------------------------------------------- where the files are
-
-
-class SampleData:
-    """Read access to the files of deepforest/data, wherever they are."""
-
-    origin: str
-    version: str | None
-
-    def read(self, name: str) -> bytes:
-        raise NotImplementedError
-
-
-class FolderData(SampleData):
-    def __init__(self, root: str | Path, origin: str | None = None, version: str | None = None):
-        self.root = Path(root)
-        self.origin = origin or str(self.root)
-        self.version = version
-
-    def read(self, name: str) -> bytes:
-        path = self.root / name
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise XpruneError(f"deepforest sample file missing: {name} (not in {self.root})") from None
-        except OSError as e:
-            raise XpruneError(f"cannot read deepforest sample file {path}: {e.strerror or e}") from None
-
-
-class WheelData(SampleData):
-    """The files straight from a deepforest wheel (a zip), without installing it."""
-
-    PREFIX = "deepforest/data/"
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise XpruneError(f"deepforest wheel not found: {self.path}")
-        try:
-            self.zip = zipfile.ZipFile(self.path)
-            names = self.zip.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise XpruneError(f"{self.path} is not a readable wheel: {e}") from None
-        if not any(n.startswith(self.PREFIX) for n in names):
-            raise XpruneError(f"{self.path} is not a deepforest wheel (no {self.PREFIX} inside)")
-        self.version = self._wheel_version(names)
-        self.origin = f"wheel {self.path}"
-
-    def _wheel_version(self, names: list[str]) -> str | None:
-        for n in names:
-            if n.startswith("deepforest-") and n.endswith(".dist-info/METADATA"):
-                for line in self.zip.read(n).decode("utf-8", "replace").splitlines():
-                    if line.startswith("Version:"):
-                        return line.split(":", 1)[1].strip()
-        return None
-
-    def read(self, name: str) -> bytes:
-        try:
-            return self.zip.read(self.PREFIX + name)
-        except KeyError:
-            raise XpruneError(f"deepforest sample file missing: {name} (not in {self.path})") from None
-        except (zipfile.BadZipFile, zlib.error, OSError) as e:
-            raise XpruneError(f"deepforest sample file {name} in {self.path} is corrupt: {e}") from None
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "xprune"
-
-
-def installed_data_folder() -> Path | None:
-    """deepforest/data of an installed deepforest, found without importing the package."""
-    try:
-        spec = find_spec("deepforest")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        if (Path(location) / "data").is_dir():
-            return Path(location) / "data"
-    return None
-
-
-def _installed_version() -> str | None:
-    try:
-        return metadata.version("deepforest")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _pip_failure(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("ERROR")]
-    reason = (errors or lines or ["no output"])[-1]
-    return reason if len(reason) <= 200 else reason[:197] + "..."
-
-
-def download_wheel(cache_dir: Path, timeout_s: float = 600) -> Path:
-    """The deepforest wheel in `cache_dir`, fetched by pip when absent (staged, then moved, so never partial)."""
-    pattern = f"deepforest-{DEEPFOREST_VERSION}-*.whl"
-    cached = sorted(cache_dir.glob(pattern))
-    if cached:
-        return cached[0]
-    hint = "pass --wheel PATH to a downloaded wheel"
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="deepforest-download-", dir=cache_dir))
-    except OSError as e:
-        raise XpruneError(f"deepforest sample data not found: cannot create cache folder {cache_dir} "
-                          f"({e.strerror or e}); {hint}") from None
-    try:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"deepforest=={DEEPFOREST_VERSION}", "-d", str(staging)]
-        reason: str | None
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            reason = f"timed out after {timeout_s:.0f} s"
-        except OSError as e:
-            reason = str(e.strerror or e)
-        else:
-            reason = None if proc.returncode == 0 else _pip_failure(proc.stderr)
-        wheels = sorted(staging.glob(pattern))
-        if reason is None and not wheels:
-            reason = "no wheel in its output"
-        if reason is not None:
-            raise XpruneError(f"deepforest sample data not found: pip could not fetch deepforest=={DEEPFOREST_VERSION} "
-                              f"({reason}); {hint}")
-        target = cache_dir / wheels[0].name
-        wheels[0].replace(target)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def locate_sample_data(wheel: str | Path | None = None, cache_dir: str | Path | None = None) -> SampleData:
-    """deepforest/data from, in order: the wheel the user named, an installed deepforest, the cached or downloaded
-    wheel. An explicit wheel comes first so that the user's choice is never silently replaced."""
-    if wheel is not None:
-        return WheelData(wheel)
-    folder = installed_data_folder()
-    if folder is not None:
-        version = _installed_version()
-        label = f"deepforest {version}" if version else "deepforest"
-        return FolderData(folder, origin=f"installed {label} at {folder}", version=version)
-    return WheelData(download_wheel(Path(cache_dir) if cache_dir else default_cache_dir()))
 
 
 # ------------------------------------------------------------------------------------------------ reading, tiling
@@ -373,19 +213,16 @@ def _sha256(data: bytes) -> str:
 
 def _identity(cfg: TreesConfig, hashes: dict[str, str], sources: tuple[TreeSource, ...]) -> dict:
     """What makes two datasets the same: the generator, the settings, the input files and the split assignment."""
-    return {"generator": GENERATOR, "config": asdict(cfg), "files": hashes,
-            "assignment": {s.image: s.split for s in sources}}
+    return plain({"generator": GENERATOR, "config": asdict(cfg), "files": hashes,
+                  "assignment": {s.image: s.split for s in sources}})
 
 
-def _existing(out: Path, identity: dict) -> dict | None:
-    stamp = out / STAMP
-    if not stamp.is_file():
-        return None
-    try:
-        doc = json.loads(stamp.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        return None
-    if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in identity.items()):
+def _reusable(out: Path, identity: dict) -> dict | None:
+    """The stamp of the complete trees dataset at `out` when the same inputs made it, else None. The stamp carries
+    the identity beside what was written; a dataset of other inputs is not refused but rebuilt (it is cheap), and
+    replaced only once the new one is complete, so its stamp is written last, with it."""
+    doc = Stamp(out / STAMP, identity, "trees dataset").recorded()
+    if doc is None or first_difference({k: doc.get(k) for k in identity}, identity) is not None:
         return None
     if not all((out / "annotations" / f"instances_{s}.json").is_file() for s in doc.get("splits", {})):
         return None
@@ -407,7 +244,7 @@ def build_trees(out: str | Path, cfg: TreesConfig = TreesConfig(), *, wheel: str
     hashes = {n: _sha256(files[n]) for n in names}
     identity = _identity(cfg, hashes, sources)
     if not overwrite:
-        found = _existing(out, identity)
+        found = _reusable(out, identity)
         if found is not None:
             return TreesDataset(out, found, reused=True)
 

@@ -31,12 +31,12 @@ def to_coco_results(detections: list[dict], samples: list[dict], category_ids: l
 
 def coco_map(dataset: CocoDetectionSet, results: list[dict], image_ids: list[int], per_image: bool = False) -> dict:
     """COCOeval bbox on the given images. An empty result list scores 0 (pycocotools refuses to load it).
-    With `per_image`, the dict also holds "matches": the per-image evaluation (`xprune.evaluate.bootstrap.
+    With `per_image`, the dict also holds "matches": the per-image evaluation (`xprune.evaluate.image_matches.
     ImageMatches`) from which mAP of any resample of the images, and its bootstrap interval, are recomputed."""
     if not results:
         out = {"map": 0.0, "map50": 0.0, "map75": 0.0, "images": len(image_ids), "detections": 0}
         if per_image:
-            from xprune.evaluate.bootstrap import image_matches
+            from xprune.evaluate.image_matches import image_matches
             out["matches"] = image_matches(dataset.coco, results, image_ids)
         return out
     with contextlib.redirect_stdout(io.StringIO()):
@@ -49,7 +49,7 @@ def coco_map(dataset: CocoDetectionSet, results: list[dict], image_ids: list[int
     stats = [float(max(v, 0.0)) for v in ev.stats]  # -1 means "no ground truth of that size": report 0
     out = {"map": stats[0], "map50": stats[1], "map75": stats[2], "images": len(image_ids), "detections": len(results)}
     if per_image:
-        from xprune.evaluate.bootstrap import ImageMatches
+        from xprune.evaluate.image_matches import ImageMatches
         out["matches"] = ImageMatches.from_cocoeval(ev)  # the evaluation just run, area 'all', 100 detections
     return out
 

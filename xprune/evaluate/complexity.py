@@ -21,10 +21,9 @@ def _fixed_image(shape: tuple[int, ...]) -> dict:
 
 def complexity(detector: Detector) -> dict:
     """{'params', 'macs', 'conv_macs': {layer: MACs}} for one image at the detector's input size."""
-    from xprune.models.jax import is_jax
-    if is_jax(detector):  # ptflops counts torch modules only; the JAX families count their convs the same way
-        from xprune.models.jax.scoring import complexity as jax_complexity
-        return jax_complexity(detector)  # type: ignore[arg-type]
+    own = detector.own_complexity()
+    if own is not None:  # ptflops traces torch modules only; a family it cannot see counts its convs the same way
+        return own
     names = {id(m): n for n, m in detector.model.named_modules() if isinstance(m, nn.Conv2d)}
     per_layer: dict[str, int] = {n: 0 for n in names.values()}
 

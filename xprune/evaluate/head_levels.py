@@ -17,22 +17,7 @@ THRESHOLD = 0.25  # a class score that counts as a detection (Ultralytics' defau
 def level_sizes(det: Detector) -> list[tuple[str, int]]:
     """(level name, raw outputs per image) for each output level, in the order of `det.raw`'s outputs. One-stage
     families only (YOLO, torchvision SSD/SSDlite/RetinaNet, TinySSD); a two-stage detector has no fixed levels."""
-    size = det.input_size
-    if det.family.startswith("yolo"):
-        strides = [int(s) for s in det.model.model[-1].stride.tolist()]
-        return [(f"stride {s}", (size // s) ** 2) for s in strides]
-    if getattr(det, "framework", None) == "jax":
-        from xprune.models.jax.tinyssd import ANCHORS_PER_POSITION, feature_sizes
-        return [(f"{side}x{side}", side * side * ANCHORS_PER_POSITION) for side in feature_sizes(size)]
-    m = det.model
-    if not hasattr(m, "anchor_generator") or not hasattr(m.anchor_generator, "num_anchors_per_location") \
-            or hasattr(m, "rpn"):
-        raise XpruneError(f"{det.family}: output levels are known for one-stage detectors only")
-    with torch.no_grad():
-        images = det._image_list(torch.zeros(1, 3, size, size))  # type: ignore[attr-defined]
-        features = list(m.backbone(images.tensors).values())
-    per_location = m.anchor_generator.num_anchors_per_location()
-    return [(f"{f.shape[-1]}x{f.shape[-2]}", f.shape[-1] * f.shape[-2] * a) for f, a in zip(features, per_location)]
+    return det.output_levels()
 
 
 def level_usage(det: Detector, dataset, threshold: float = THRESHOLD, batch_size: int = 16) -> dict:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from xprune.errors import XpruneError
 from xprune.files import atomic_path
-from xprune.models.detector import Detector, RawHeads
+from xprune.models.detector import Detector
 
 OPSET = 17
 INPUT_NAME = "images"
@@ -27,23 +25,13 @@ OUTPUT_NAMES = ["boxes", "scores"]
 
 
 def export_raw(detector: Detector, batch: int = 1, opset: int = OPSET) -> onnx.ModelProto:
-    """Trace the raw head path to an ONNX model held in memory (files over 2 GB are not expected here): by
-    torch.onnx, or by jax2onnx for a JAX detector; the passes after it are the same."""
-    from xprune.models.jax import is_jax
-    if is_jax(detector):
-        from xprune.models.jax.export import export_raw as export_raw_jax
-        return export_raw_jax(detector, batch, opset)
-    detector.model.eval()
-    x = torch.rand(batch, 3, detector.input_size, detector.input_size)
-    with tempfile.TemporaryDirectory(prefix="xprune-export-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(RawHeads(detector).eval(), (x,), str(path), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=OUTPUT_NAMES, do_constant_folding=True)
-        model = onnx.load(str(path))
+    """The raw head path as an ONNX model held in memory (files over 2 GB are not expected here), traced by the
+    family (`Detector.raw_onnx`: torch.onnx, or jax2onnx for a JAX family), with the facts a runtime needs as
+    metadata; the passes after it are the same for every family."""
+    model = detector.raw_onnx(batch, opset, INPUT_NAME, OUTPUT_NAMES)
     set_metadata(model, {"xprune.family": detector.family, "xprune.input_size": detector.input_size,
-                         "xprune.num_classes": detector.num_classes, "xprune.nms_iou": detector.nms_iou, "xprune.category_ids": detector.category_ids})
+                         "xprune.num_classes": detector.num_classes, "xprune.nms_iou": detector.nms_iou,
+                         "xprune.category_ids": detector.category_ids})
     return model
 
 
@@ -120,9 +108,9 @@ def export_onnx(detector: Detector, out: str | Path, fold: bool = True, batch: i
     after = before
     if fold:
         log("folding zeroed layers")
-        model, report = fold_model(model)
+        model, folding = fold_model(model)
         model = slim(model)
-        dead = report.dead_outputs
+        dead = folding.dead_outputs
         after = {"nodes": len(model.graph.node), "macs": count_macs(model)}  # counted after the second slim
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     report = {**provenance(detector, fold), "folded": fold, "opset": opset, "input_shape": [batch, 3, detector.input_size, detector.input_size],

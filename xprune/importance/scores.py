@@ -6,39 +6,27 @@ scores.json: {"model", "weights", "method", "input_size", "calibration", "layers
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
 from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
 from xprune.evaluate.complexity import complexity
 from xprune.files import display_path, read_json, write_json
-from xprune.importance.criteria import get_criterion
+from xprune.importance.criteria import criterion_for
 from xprune.models.detector import Detector
-from xprune.models.jax import is_jax
 
 SCORES_FORMAT = "xprune-scores-1"
 
 
-def conv_type(conv: nn.Conv2d) -> str:
-    if conv.groups == 1:
-        return "pointwise" if conv.kernel_size == (1, 1) else "conv"
-    if conv.groups == conv.in_channels == conv.out_channels:
-        return "depthwise"
-    return "grouped"
-
-
 def conv_facts(detector: Detector) -> dict[str, dict]:
-    """{conv name: {"type", "params", "macs"}} in module order, MACs by ptflops for one image."""
+    """{conv name: {"type", "params", "macs"}} in module order, MACs for one image (`complexity`: ptflops, or the
+    family's own count where ptflops cannot trace the model)."""
     macs = complexity(detector)["conv_macs"]
-    return {n: {"type": conv_type(c), "params": sum(p.numel() for p in c.parameters()), "macs": macs.get(n, 0)}
-            for n, c in detector.conv_layers().items()}
+    return {n: {**summary, "macs": macs.get(n, 0)} for n, summary in detector.conv_summary().items()}
 
 
 def calibration_batches(calib: CocoDetectionSet, batch_size: int) -> list[tuple[torch.Tensor, list[dict]]]:
@@ -47,13 +35,7 @@ def calibration_batches(calib: CocoDetectionSet, batch_size: int) -> list[tuple[
 
 def score_layers(detector: Detector, method: str, calib: CocoDetectionSet | None = None, batch_size: int = 8,
                  progress: bool = False, seed: int = 0, weights: str = "") -> dict:
-    criterion = get_criterion(method)
-    score: Callable[..., dict[str, float]] = criterion.score
-    facts: Callable[..., dict[str, dict]] = conv_facts
-    if is_jax(detector):  # the same criteria and layer facts, computed in JAX
-        from xprune.models.jax import scoring as jax_scoring
-        jax_scoring.check_method(detector, method)
-        score, facts = functools.partial(jax_scoring.score, criterion=criterion), jax_scoring.conv_facts
+    criterion = criterion_for(detector, method)
     torch.manual_seed(seed)
     batches = None
     calibration = None
@@ -64,8 +46,8 @@ def score_layers(detector: Detector, method: str, calib: CocoDetectionSet | None
         calibration = {"annotations": display_path(calib.annotations), "images": len(calib), "batch_size": batch_size,
                        "batches": len(batches)}
     t0 = time.perf_counter()
-    scores = score(detector, batches, progress=progress, seed=seed,
-                   total=len(batches) if batches is not None else None)
+    scores = criterion.score(detector, batches, progress=progress, seed=seed,
+                             total=len(batches) if batches is not None else None)
     seconds = time.perf_counter() - t0
     bad = [n for n, s in scores.items() if not math.isfinite(s)]
     if bad:
@@ -74,7 +56,7 @@ def score_layers(detector: Detector, method: str, calib: CocoDetectionSet | None
     order = sorted(scores, key=lambda n: (scores[n], n))
     rank = {n: i + 1 for i, n in enumerate(order)}
     layers = [{"layer": n, **f, "score": scores[n], "rank": rank[n], "predictor": n in predictors}
-              for n, f in facts(detector).items()]
+              for n, f in conv_facts(detector).items()]
     return {"format": SCORES_FORMAT, "model": detector.family, "weights": weights, "method": method,
             "about": criterion.about, "input_size": detector.input_size, "seed": seed, "calibration": calibration,
             "seconds": round(seconds, 3), "layers": layers}

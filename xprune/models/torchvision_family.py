@@ -5,6 +5,7 @@ the shared NMS step (and an exported graph) sees decoded boxes and class probabi
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torchvision
@@ -62,6 +63,15 @@ class SingleStageDetector(TorchvisionDetector):
         boxes = boxes.clamp(0, float(self.input_size))
         scores = self.class_probabilities(head["cls_logits"])[..., 1:]
         return boxes, scores
+
+    def output_levels(self) -> list[tuple[str, int]]:
+        """One level per feature map, anchors per location times its cells, as the head concatenates them."""
+        m: Any = self.model
+        size = self.input_size
+        with torch.no_grad():
+            features = list(m.backbone(self._image_list(torch.zeros(1, 3, size, size)).tensors).values())
+        per_location = m.anchor_generator.num_anchors_per_location()
+        return [(f"{f.shape[-1]}x{f.shape[-2]}", f.shape[-1] * f.shape[-2] * a) for f, a in zip(features, per_location)]
 
 
 class SSDDetector(SingleStageDetector):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.ops import box_convert
@@ -121,6 +122,12 @@ class YoloDetector(Detector):
     def raw(self, x):
         y = self.model(x)
         return decode_yolo_output(y[0] if isinstance(y, (tuple, list)) else y)
+
+    def output_levels(self) -> list[tuple[str, int]]:
+        """One level per detection stride, one output per grid cell."""
+        detect: Any = self.model.model[-1]  # type: ignore[index]
+        strides = [int(s) for s in detect.stride.tolist()]
+        return [(f"stride {s}", (self.input_size // s) ** 2) for s in strides]
 
 
 def decode_yolo_output(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,17 +8,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torchvision
 from torchvision.models import detection as tvd
 
 from xprune.errors import XpruneError
-from xprune.files import atomic_path, file_sha256  # noqa: F401 (re-exported)
+from xprune.files import file_sha256  # noqa: F401 (re-exported)
+from xprune.models import jax as jax_family
 from xprune.models import torchvision_family as tvf
-from xprune.models.detector import Detector
+from xprune.models.detector import CHECKPOINT_FORMAT, Detector
 from xprune.models.yolo import (YOLO_SCALES, YOLO_VERSIONS, YoloDetector, build_yolo, quiet_ultralytics_env,
                                 ultralytics_family, yolo_predictors)
 
-CHECKPOINT_FORMAT = "xprune-checkpoint-1"
 COCO_TORCHVISION_IDS = list(range(1, 91))  # torchvision's COCO label L is COCO category id L
 
 
@@ -30,6 +29,23 @@ class Family:
     load_official: Callable[[int], Detector] | None  # (input_size) -> detector with official weights
     about: str
     framework: str = "torch"  # "jax": the model is a Flax module (extra `jax`; see xprune.models.jax)
+    # What the family needs installed beyond xprune's own dependencies: raises one XpruneError line naming the extra.
+    require: Callable[[], None] | None = None
+    # A family whose checkpoints are not xprune's PyTorch format reads them itself: (path, input_size) -> detector.
+    read_checkpoint: Callable[[Path, int | None], Detector] | None = None
+    checkpoint_suffix: str = ".pt"
+
+    def check_available(self) -> None:
+        if self.require is not None:
+            self.require()
+
+    def available(self) -> bool:
+        """Whether this machine has what the family needs (the `jax` extra for a JAX family)."""
+        try:
+            self.check_available()
+        except XpruneError:
+            return False
+        return True
 
 
 def _ssd_family(backbone: str) -> Callable[[int, int], Detector]:
@@ -101,6 +117,12 @@ def _tinyssd_jax(num_classes: int, size: int) -> Detector:
     return build_tinyssd(num_classes, size)
 
 
+def _tinyssd_jax_checkpoint(path: Path, input_size: int | None) -> Detector:
+    from xprune.models.jax import checkpoint
+    from xprune.models.jax.detector import build_tinyssd
+    return checkpoint.load_checkpoint(path, "tinyssd-jax", build_tinyssd, input_size)
+
+
 def _families() -> dict[str, Family]:
     fams = {
         "ssd-mobilenetv2": Family("ssd-mobilenetv2", 320, _ssd_family("mobilenetv2"), None,
@@ -125,7 +147,9 @@ def _families() -> dict[str, Family]:
             fams[f"{version}{scale}"] = Family(f"{version}{scale}", 640, build, load, f"Ultralytics {title}{scale}")
     fams["tinyssd-jax"] = Family("tinyssd-jax", 320, _tinyssd_jax, None,
                                  'TinySSD in JAX/Flax nnx (pip install "xprune[jax]"; no official weights)',
-                                 framework="jax")
+                                 framework=jax_family.FRAMEWORK, require=jax_family.require_jax,
+                                 read_checkpoint=_tinyssd_jax_checkpoint,
+                                 checkpoint_suffix=jax_family.CHECKPOINT_SUFFIX)
     return fams
 
 
@@ -145,9 +169,8 @@ def build_detector(name: str | None, weights: str = "none", num_classes: int | N
     if name is None and weights in ("none", "default"):
         raise XpruneError(f"--weights {weights} needs --model NAME; only a checkpoint file says which model it holds")
     fam = family(name) if name is not None else None
-    if fam is not None and fam.framework == "jax":
-        from xprune.models.jax import require_jax
-        require_jax()  # before anything else: without the extra, one line naming it
+    if fam is not None:
+        fam.check_available()  # before anything else: without the extra, one line naming it
     if input_size is not None and (input_size < 32 or input_size % 32):
         raise XpruneError(f"input size must be a positive multiple of 32, got {input_size}")
     if fam is not None and weights == "none":
@@ -262,12 +285,10 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None, input_size
     state_dict. The first two say which model they hold, so `name` may be None; if given, it must agree."""
     path = Path(path)
     fam = family(name) if name is not None else None
-    if fam is not None and fam.framework == "jax":
-        from xprune.models.jax import require_jax
-        require_jax()
-        from xprune.models.jax import checkpoint
-        return checkpoint.load_checkpoint(path, fam.name, fam.build, input_size)
-    if fam is None and path.suffix == ".msgpack":
+    if fam is not None and fam.read_checkpoint is not None:
+        fam.check_available()
+        return fam.read_checkpoint(path, input_size)
+    if fam is None and path.suffix in {f.checkpoint_suffix for f in FAMILIES.values() if f.read_checkpoint}:
         raise XpruneError(f"{path} does not say which model it holds; give --model")
     ckpt = _torch_load(path)
     if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
@@ -295,14 +316,6 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None, input_size
 
 
 def save_checkpoint(det: Detector, path: str | os.PathLike, meta: dict | None = None, half: bool = False) -> None:
-    """Save weights and the settings needed to rebuild; `half` stores floats as fp16 (for small committed files)."""
-    from xprune.models.jax import is_jax
-    if is_jax(det):
-        from xprune.models.jax import checkpoint
-        return checkpoint.save_checkpoint(det, path, meta, half)  # type: ignore[arg-type]
-    state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in det.model.state_dict().items()}
-    ckpt = {"format": CHECKPOINT_FORMAT, "family": det.family, "num_classes": det.num_classes,
-            "input_size": det.input_size, "category_ids": det.category_ids, "state_dict": state,
-            "meta": meta or {}, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__}}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    """Save weights and the settings needed to rebuild, in the family's checkpoint format; `half` stores floats as
+    fp16 (for small committed files)."""
+    det.save_checkpoint(path, meta, half)

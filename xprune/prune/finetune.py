@@ -13,16 +13,16 @@ import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from xprune.data.coco import CocoDetectionSet, dataset_exists, has_split
 from xprune.errors import XpruneError
-from xprune.files import file_sha256, read_json, write_json
+from xprune.files import file_sha256, write_json
 from xprune.models.detector import Detector
 from xprune.prune.plan import Plan
-from xprune.train.loop import TrainSettings, train_detector
+from xprune.train.loop import TrainSettings, train_detector, training_stamp
 
 Log = Callable[[str], None]
 TRAIN_SPLIT = "train"
@@ -100,16 +100,24 @@ def train_split(data: str | Path, size: int, images: int | None = None) -> CocoD
 
 def require_torch(detector: Detector) -> None:
     """Masked fine-tuning runs torch's autograd and optimizers: a JAX family is refused in one line."""
-    framework = getattr(detector, "framework", "torch")
+    framework = detector.framework
     if framework != "torch":
         raise XpruneError(f"fine-tuning with zeroed layers held at zero is implemented for the PyTorch families; "
                           f"{detector.family} is a {framework} model")
 
 
+def _held_at_zero(layers: list[str], inputs: Mapping[str, Any] | None = None) -> dict:
+    """What a fine-tuning state's stamp records beside the training settings: the layers held at zero and the
+    caller's `inputs` (the weights it started from)."""
+    return {"layers": list(layers), **dict(inputs or {})}
+
+
 def finetune_layers(detector: Detector, train: CocoDetectionSet, layers: list[str], settings: FinetuneSettings,
-                    state_path: str | Path, log: Log = print, progress: bool = False) -> list[dict]:
+                    state_path: str | Path, log: Log = print, progress: bool = False,
+                    inputs: Mapping[str, Any] | None = None) -> list[dict]:
     """Fine-tune `detector` in place with `layers` held at zero; returns the per-epoch records. The state file
-    (written every epoch) resumes an interrupted run."""
+    (written every epoch, stamped with the settings, the layers and the caller's `inputs`) resumes an interrupted
+    run; the caller releases it when its output is written."""
     from tqdm import tqdm
 
     require_torch(detector)
@@ -131,7 +139,7 @@ def finetune_layers(detector: Detector, train: CocoDetectionSet, layers: list[st
 
         try:
             history = train_detector(detector, train, settings.train_settings(), state_path, log=log_line,
-                                     after_step=after_step)
+                                     after_step=after_step, inputs=_held_at_zero(layers, inputs))
         finally:
             bar.close()
         moved = mask.nonzero_layers()
@@ -165,16 +173,6 @@ def report_path_for(out: str | Path) -> Path:
     return Path(out).with_suffix(".finetune.json")
 
 
-def _claim_state(state: Path, identity: dict) -> None:
-    """A state file resumes only the run that wrote it: same weights, layers, data and settings."""
-    stamp = state.with_suffix(".json")
-    if state.is_file():
-        recorded = read_json(stamp, "fine-tuning state record") if stamp.is_file() else None
-        if recorded != identity:
-            raise XpruneError(f"{state} was written by another fine-tuning run; delete it to start over")
-    write_json(stamp, identity)
-
-
 def finetune_checkpoint(model: str, weights: str | Path, data: str | Path, epochs: int, out: str | Path,
                         settings: FinetuneSettings | None = None, input_size: int | None = None,
                         train_images: int | None = None, val_images: int | None = None, log: Log = print,
@@ -195,17 +193,18 @@ def finetune_checkpoint(model: str, weights: str | Path, data: str | Path, epoch
     val = CocoDetectionSet.from_folder(data, "val", det.input_size, limit=val_images)
     if det.category_ids is None and det.num_classes != train.num_classes:
         raise XpruneError(f"model has {det.num_classes} classes, dataset {train.num_classes}")
+    # a state resumes only the run that wrote it (same weights, layers, data, settings): refused before any work
     state = state_path_for(out)
-    _claim_state(state, {"weights_sha256": file_sha256(weights), "layers": plan.layers,
-                         "data": str(Path(data).resolve()), "train_images": len(train),
-                         "settings": asdict(settings)})
+    inputs = {"weights": file_sha256(weights), "data": str(Path(data).resolve())}
+    stamp = training_stamp(state, settings.train_settings(), len(train), _held_at_zero(plan.layers, inputs))
+    stamp.claim([state])
 
     log(f"val mAP before fine-tuning ({len(val)} images) ...")
     before = evaluate_map(det, val)["map"]
     log(f"val mAP before: {before:.4f}; fine-tuning {settings.epochs} epochs on {len(train)} train images "
         f"with {len(plan.layers)} layers held at zero")
     t0 = time.perf_counter()
-    history = finetune_layers(det, train, plan.layers, settings, state, log=log, progress=progress)
+    history = finetune_layers(det, train, plan.layers, settings, state, log=log, progress=progress, inputs=inputs)
     seconds = time.perf_counter() - t0
     after = evaluate_map(det, val)["map"]
     log(f"val mAP after: {after:.4f} ({after - before:+.4f})")
@@ -217,8 +216,7 @@ def finetune_checkpoint(model: str, weights: str | Path, data: str | Path, epoch
     save_checkpoint(det, out, meta={**det.meta, "pruning": plan.to_json(), "finetune": record})
     report = {"model": model, "checkpoint": str(out), "data": str(data), **record, "plan": plan.to_json()}
     write_json(report_path_for(out), report)
-    for path in (state, state.with_suffix(".json")):  # the run is complete: nothing left to resume
-        path.unlink(missing_ok=True)
+    stamp.release(state)  # the run is complete: nothing left to resume
     return report
 
 

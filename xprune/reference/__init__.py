@@ -33,8 +33,7 @@ def reference_infos(dataset: str = "synth") -> dict[str, dict]:
 
 def reference_models(dataset: str = "synth") -> dict[str, dict]:
     """{model name: metrics dict with an absolute 'path'} for every reference whose checkpoint is present (and, for
-    cached ones, has the recorded SHA-256) and can run here: a JAX family's only where the `jax` extra is."""
-    from xprune.models.jax import jax_available
+    cached ones, has the recorded SHA-256) and whose family can run here (a JAX family needs the `jax` extra)."""
     from xprune.models.zoo import FAMILIES
 
     out = {}
@@ -42,7 +41,7 @@ def reference_models(dataset: str = "synth") -> dict[str, dict]:
         ckpt = checkpoint_path(info)
         if not ckpt.is_file():
             continue
-        if model in FAMILIES and FAMILIES[model].framework == "jax" and not jax_available():
+        if model in FAMILIES and not FAMILIES[model].available():
             continue
         if info.get("stored") == "cache" and info.get("sha256") and file_sha256(ckpt) != info["sha256"]:
             continue

@@ -6,7 +6,9 @@
   export + fold), `intervals` (bootstrap intervals of every mAP and paired ΔmAP), `timing` (interleaved runs per
   backend, each round in a seeded order), `peer` (Ultralytics' own export), `rows` and `stats`; `dataset` (the
   val split's object sizes next to COCO's) and `threads` (torch's thread count kept) serve it
-- `write_report(study.json)` -> report.md + PNG figures, every number read from the JSON — `xprune.study.report`
+- `write_report(study.json)` -> report.md + PNG figures, every number read from the JSON — `xprune.study.report`,
+  with `report_tables` (Table 2 per backend, the peer), `report_models` (per-model sections) and `report_format`
+- what `xprune demo` leaves out on this machine (the JAX family without JAX) — `xprune.study.demo`
 - the options `xprune study` and `benchmarks/reproduce.py` share — `xprune.study.options`
 """
 

@@ -1,68 +1,25 @@
 """Bootstrap intervals over images for a study's mAPs: one interval per mAP, and a paired one per ΔmAP (a variant
 against the unpruned baseline, the same resampled images scoring both).
 
-Each evaluation is an `xprune.evaluate.bootstrap.ImageMatches` (COCOeval's per-image matches). A study scores
-many variants on the same images, so `Intervals` draws one set of resamples (seeded) for the whole model and
-computes each evaluation's resampled mAPs once: the variant's own interval and its paired ΔmAP interval reuse
-them, and the baseline's serve every variant. Intervals are two-sided percentile intervals, as in
-`xprune.evaluate.bootstrap`.
-
-The resampled mAPs come from `ImageMatches.resampled_maps` (pycocotools' accumulate with images weighted by
-how often a resample holds them), which is what makes 1000 resamples per variant affordable on a small CPU.
+The bootstrap is `xprune.evaluate.bootstrap.ImageBootstrap`: a study scores many variants on the same images, so
+one set of resamples (seeded) serves the whole model and each evaluation's resampled mAPs are computed once; the
+variant's own interval and its paired ΔmAP interval reuse them, and the baseline's serve every variant. What this
+module adds is the study's side: which evaluations get which interval, and how the method is recorded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
-
-from xprune.errors import XpruneError
-from xprune.study.settings import Log
+from xprune.evaluate.bootstrap import ImageBootstrap
+from xprune.runtime.registry import onnx_backend
+from xprune.study.settings import FRAMEWORK, Log
 from xprune.study.variants import Variant
 
-SOURCES = {"torch": ("", "torch"), "onnxruntime": ("onnx_", "onnxruntime")}
+# where a variant's mAP was measured -> (prefix of its fields, the baseline's source it pairs with)
+SOURCES = {FRAMEWORK: ("", FRAMEWORK), onnx_backend().name: ("onnx_", onnx_backend().name)}
 
 
-@dataclass
-class Intervals:
-    """Seeded resamples of one image set and the resampled mAPs of every evaluation scored on it."""
-
-    resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    _indices: np.ndarray | None = None
-    _maps: dict[int, tuple[object, np.ndarray]] = field(default_factory=dict)
-
-    def indices(self, n: int) -> np.ndarray:
-        if n < 2:
-            raise XpruneError(f"a bootstrap over images needs at least 2 images, got {n}")
-        if self._indices is None or self._indices.shape[1] != n:
-            self._indices = np.random.default_rng(self.seed).integers(0, n, size=(self.resamples, n))
-        return self._indices
-
-    def resampled(self, m) -> np.ndarray:
-        """mAP@[.50:.95] of `m` (an ImageMatches) on every resample, computed once per evaluation."""
-        key = id(m)
-        if key not in self._maps:  # the object is kept beside its values, so its id is not reused
-            self._maps[key] = (m, m.resampled_maps(self.indices(len(m.image_ids))))
-        return self._maps[key][1]
-
-    def _bounds(self, values: np.ndarray) -> tuple[float, float]:
-        tail = 100.0 * (1.0 - self.confidence) / 2.0
-        low, high = np.percentile(values, [tail, 100.0 - tail])
-        return float(low), float(high)
-
-    def map_interval(self, m) -> tuple[float, float]:
-        return self._bounds(self.resampled(m))
-
-    def delta_interval(self, base, cand) -> tuple[float, float, float]:
-        """(mAP(cand) - mAP(base), low, high), paired over the same resampled images."""
-        from xprune.evaluate.bootstrap import check_same_dataset
-
-        check_same_dataset(base, cand)
-        low, high = self._bounds(self.resampled(cand) - self.resampled(base))
-        return cand.map() - base.map(), low, high
+class Intervals(ImageBootstrap):
+    """The study's bootstrap over its val images, described in the study's results."""
 
     def describe(self) -> dict:
         return {"method": "percentile bootstrap over val images, paired for ΔmAP", "resamples": self.resamples,

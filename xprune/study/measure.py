@@ -1,7 +1,8 @@
-"""What a study measures of each variant outside the timed runs: mAP in PyTorch and, for accuracy models, of the
-exported file through ONNX Runtime (each with its per-image evaluation, for the bootstrap intervals), params and
-MACs by ptflops, and the ONNX export with xprune's fold, checked against PyTorch on a random input. For two-stage
-models, the proposals that survive the RPN on that input: their work depends on it.
+"""What a study measures of each variant outside the timed runs: mAP in the model's framework and, for accuracy
+models, of the exported file on the registry's ONNX backend (`onnx_backend`: ONNX Runtime), each with its per-image
+evaluation for the bootstrap intervals; params and MACs by ptflops; and the ONNX export with xprune's fold, checked
+against the framework's outputs on a random input. For two-stage models, the proposals that survive the RPN on that
+input: their work depends on it.
 
 `evaluation_row` is the same measurement for one model on its own (`xprune evaluate`), with its PyTorch latency.
 """
@@ -9,13 +10,15 @@ models, the proposals that survive the RPN on that input: their work depends on 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from xprune.bench.latency import LatencyProtocol
-from xprune.models.detector import Detector
-from xprune.study.settings import Log, StudySettings
+from xprune.models.detector import Detector, postprocess
+from xprune.runtime.registry import TargetOptions, onnx_backend
+from xprune.study.settings import FRAMEWORK, Log, StudySettings
 from xprune.study.variants import Variant
 
 
@@ -45,16 +48,16 @@ def accuracy_and_complexity(det: Detector, val, batch_size: int, progress: bool,
     return out
 
 
-def onnxruntime_map(path: Path, det: Detector, val, threads: int | None, progress: bool,
-                    runner_type: type | None = None, per_image: bool = False) -> dict:
-    """mAP of an ONNX file through ONNX Runtime at batch 1 and the shared post-process (`runner_type`: an
-    OnnxRuntimeRunner subclass that adapts another exporter's outputs); with `per_image`, also "matches"."""
+def exported_map(path: Path, det: Detector, val, threads: int | None, progress: bool, per_image: bool = False,
+                 decode: Callable[[tuple[np.ndarray, ...]], tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
+    """mAP of an exported ONNX file on the registry's ONNX backend at batch 1 and the shared post-process
+    (`decode`: raw outputs -> boxes, scores, for another exporter's outputs); with `per_image`, also "matches"."""
     from xprune.evaluate.coco_map import evaluate_predictions
-    from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
-    runner_type = runner_type or OnnxRuntimeRunner
-    with runner_type(path, threads=threads, nms_iou=det.nms_iou) as r:
-        return evaluate_predictions(r.predict, val, det.category_ids, batch_size=1, progress=progress,
+    with onnx_backend().runner(path, TargetOptions(threads=threads), nms_iou=det.nms_iou) as r:
+        predict = r.predict if decode is None else (
+            lambda x: postprocess(*decode(r.infer(x.numpy())), iou=det.nms_iou))
+        return evaluate_predictions(predict, val, det.category_ids, batch_size=1, progress=progress,
                                     per_image=per_image)
 
 
@@ -75,9 +78,9 @@ def probe_outputs(det: Detector) -> list[np.ndarray]:
 
 def export_variant(v: Variant, name: str, work: Path, settings: StudySettings, reference: list[np.ndarray]) -> None:
     """Export the variant (folded unless it is the baseline), record what the fold removed, and check the file
-    against PyTorch's outputs on the probe input (`reference`); with `onnx_zeroed`, also export it unfolded."""
+    against the framework's outputs on the probe input (`reference`); with `onnx_zeroed`, also export it
+    unfolded."""
     from xprune.export.onnx_export import export_onnx
-    from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 
     fold = not v.is_baseline
     v.onnx = work / f"{name}-{v.id}{'-folded' if fold else ''}.onnx"
@@ -86,7 +89,7 @@ def export_variant(v: Variant, name: str, work: Path, settings: StudySettings, r
                    "macs_before_fold": rep["macs_before"], "effective_macs": rep["macs_after"],
                    "params_after_fold": rep["params"], "removed_mac_fraction": rep["removed_mac_fraction"],
                    "dead_outputs": rep["dead_outputs"]})
-    with OnnxRuntimeRunner(v.onnx, threads=settings.threads) as r:
+    with onnx_backend().runner(v.onnx, TargetOptions(threads=settings.threads)) as r:
         v.info["onnx_max_rel_error_vs_torch"] = max_rel_error(reference, r.infer(probe_input(v.detector.input_size)))
     if settings.onnx_zeroed and fold:
         v.onnx_zeroed = work / f"{name}-{v.id}-zeroed.onnx"
@@ -95,8 +98,9 @@ def export_variant(v: Variant, name: str, work: Path, settings: StudySettings, r
 
 def measure_variants(name: str, variants: list[Variant], val, work: Path, settings: StudySettings, log: Log) -> None:
     """Fill every variant's `info`: its uses, mAP, complexity and, when a backend runs ONNX, its export."""
-    exports = "onnxruntime" in settings.backends or "tensorrt" in settings.backends
-    onnx_accuracy = val is not None and settings.onnx_map and "onnxruntime" in settings.backends
+    exports = any(b != FRAMEWORK for b in settings.backends)  # every other backend runs the export
+    onnx = onnx_backend()
+    onnx_accuracy = val is not None and settings.onnx_map and onnx.name in settings.backends
     for i, v in enumerate(variants, 1):
         tag = f"[{name}] variant {i}/{len(variants)} {v.id}"
         v.info.update({"id": v.id, "method": v.method, "layers": list(v.layers), "uses": [list(u) for u in v.uses]})
@@ -104,7 +108,7 @@ def measure_variants(name: str, variants: list[Variant], val, work: Path, settin
             log(f"{tag}: mAP (PyTorch, {len(val)} val images)")
         measured = accuracy_and_complexity(v.detector, val, settings.batch_size, settings.progress, per_image=True)
         if "matches" in measured:
-            v.matches["torch"] = measured.pop("matches")
+            v.matches[FRAMEWORK] = measured.pop("matches")
         v.info.update(measured)
         two_stage = is_two_stage(v.detector)
         if not exports and not two_stage:
@@ -118,12 +122,12 @@ def measure_variants(name: str, variants: list[Variant], val, work: Path, settin
         export_variant(v, name, work, settings, reference)
         if onnx_accuracy:
             assert v.onnx is not None
-            log(f"{tag}: mAP (ONNX Runtime, batch 1)")
-            m = onnxruntime_map(v.onnx, v.detector, val, settings.threads, settings.progress, per_image=True)
+            log(f"{tag}: mAP ({onnx.label}, batch 1)")
+            m = exported_map(v.onnx, v.detector, val, settings.threads, settings.progress, per_image=True)
             v.info.update({"onnx_map": m["map"], "onnx_map50": m["map50"], "onnx_val_images": m["images"]})
-            v.matches["onnxruntime"] = m["matches"]
+            v.matches[onnx.name] = m["matches"]
             if v.onnx_zeroed is not None:  # the same runtime on the unfolded file: what folding changed
-                m = onnxruntime_map(v.onnx_zeroed, v.detector, val, settings.threads, settings.progress)
+                m = exported_map(v.onnx_zeroed, v.detector, val, settings.threads, settings.progress)
                 v.info.update({"zeroed_onnx_map": m["map"], "zeroed_onnx_map50": m["map50"]})
 
 
@@ -145,7 +149,7 @@ def evaluation_row(det: Detector, val, protocol: LatencyProtocol, weights_hash: 
     """mAP, params, MACs and PyTorch CPU latency of one model."""
     measured = accuracy_and_complexity(det, val, batch_size, progress)
     latency = torch_latency(det, protocol)
-    return {"model": det.family, "method": method, "rate": rate, "backend": "torch",
+    return {"model": det.family, "method": method, "rate": rate, "backend": FRAMEWORK,
             "variant": "baseline" if method == "baseline" else "zeroed", "precision": "fp32",
             "device": "cpu", "input_size": det.input_size, "batch": 1, "weights_sha256": weights_hash,
             **measured, "latency_ms_median": latency["median_ms"], "fps": latency["fps"], "latency": latency}

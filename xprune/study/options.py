@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from xprune.errors import XpruneError
-from xprune.study.settings import (ACCURACY_MODELS, BACKENDS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA,
+from xprune.study.settings import (ACCURACY_MODELS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA, FRAMEWORK,
                                    LARGE_MODELS, LATENCY, MIN_VAL_IMAGES, QUICK_IMAGES, QUICK_RATES, RATES,
                                    SPEED_INPUT_SIZE, SPEED_LATENCY, SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log,
-                                   StudySettings, default_models)
+                                   StudySettings, default_models, study_backends)
 
 
 def _listed(values) -> str:
@@ -52,7 +52,8 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
                     help=f"bootstrap resamples of the val images per mAP interval (default: {BOOTSTRAP_RESAMPLES})")
     ap.add_argument("--order-seed", type=int, default=None,
                     help="seed of the order each interleaved round runs its targets in (default: 0)")
-    ap.add_argument("--backends", nargs="+", default=None, help=f"default: {_listed(BACKENDS)}")
+    ap.add_argument("--backends", nargs="+", default=None,
+                    help=f"default: {_listed(study_backends())} ({FRAMEWORK}: the model's own framework)")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the exported ONNX files in OUT/onnx")
     ap.add_argument("--quick", action="store_true",
                     help=f"tiny smoke settings: random-init yolov8n at 64 px, rates {_listed(QUICK_RATES)}, 3 timed "

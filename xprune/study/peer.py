@@ -1,12 +1,13 @@
-"""The peer row: the same YOLOv8 weights exported by Ultralytics' own ONNX exporter, run through one adapter so its
+"""The peer row: the same YOLOv8 weights exported by Ultralytics' own ONNX exporter, its outputs decoded once so its
 accuracy goes through xprune's shared post-process.
 
 Ultralytics exports a detection model as one output `[1, 4 + C, N]`: boxes as (cx, cy, w, h) in input pixels, then
 per-class sigmoid scores. `decode_ultralytics` turns that into xprune's raw-head convention (boxes xyxy `[1, N, 4]`,
-scores `[1, N, C]`) and `UltralyticsOnnxRunner.predict` hands it to `xprune.models.detector.postprocess`, the NMS
-every other backend uses, so an mAP difference between the peer and xprune's export is the graph's, not the
-plumbing's. Timing (`infer`) is the bare ONNX Runtime call, exactly as for xprune's own ONNX files; the decode is
-outside the timed region for the peer, while xprune's graph carries its transpose and cxcywh->xyxy inside.
+scores `[1, N, C]`), which goes to `xprune.models.detector.postprocess`, the NMS every other backend uses, so an mAP
+difference between the peer and xprune's export is the graph's, not the plumbing's. The file runs on the registry's
+ONNX backend (`onnx_backend`), with the runner xprune's own ONNX files get: timing (`infer`) is the bare runtime
+call, exactly as for them; the decode is outside the timed region for the peer, while xprune's graph carries its
+transpose and cxcywh->xyxy inside.
 
 The export goes through Ultralytics' public API on a checkpoint in Ultralytics' own format:
 `YOLO(ckpt).export(format="onnx", imgsz=S, device="cpu")` with every other argument at Ultralytics' defaults (opset
@@ -14,7 +15,7 @@ The export goes through Ultralytics' public API on a checkpoint in Ultralytics' 
 checkpoints are in xprune's format (a state dict); `ultralytics_checkpoint` rebuilds the DetectionModel from the
 detector and wraps it the way Ultralytics' trainer saves one.
 
-In a study (`export_peer`, `peer_results`) the peer is timed in the same interleaved ONNX Runtime run as xprune's
+In a study (`export_peer`, `peer_results`) the peer is timed in the same interleaved run of that backend as xprune's
 variants, so every pruned variant gets a paired latency ratio against it beside the mAP it lost.
 """
 
@@ -37,9 +38,10 @@ import torch
 
 from xprune.errors import XpruneError
 from xprune.files import atomic_path, file_sha256
-from xprune.models.detector import Detector, postprocess
+from xprune.models.detector import Detector
 from xprune.models.yolo import decode_yolo_output, quiet_ultralytics_env
-from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
+from xprune.runtime.registry import TargetOptions, onnx_backend
+from xprune.study.settings import FRAMEWORK
 from xprune.study.threads import torch_threads_kept
 
 if TYPE_CHECKING:
@@ -143,18 +145,9 @@ def decode_ultralytics(output: np.ndarray | torch.Tensor) -> tuple[torch.Tensor,
     return decode_yolo_output(y)
 
 
-class UltralyticsOnnxRunner(OnnxRuntimeRunner):
-    """ONNX Runtime over an Ultralytics export; `predict` adapts its output to the shared post-process."""
-
-    def __init__(self, model: str | Path, threads: int | None = None, nms_iou: float | None = None):
-        super().__init__(model, device="cpu", threads=threads, spinning=False, nms_iou=nms_iou)
-
-    def raw(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_ultralytics(self.infer(x)[0])
-
-    def predict(self, x: torch.Tensor) -> list[dict]:
-        boxes, scores = self.raw(x.numpy())
-        return postprocess(boxes, scores, iou=self.nms_iou)
+def decode_outputs(outputs: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A runner's outputs on an Ultralytics export, in xprune's raw-head convention (boxes, scores)."""
+    return decode_ultralytics(outputs[0])
 
 
 # --- the peer in a study ------------------------------------------------------------------------------------------
@@ -180,12 +173,12 @@ def export_peer(det: Detector, work: Path, data: Path, settings: StudySettings, 
     x = np.random.default_rng(1).random((1, 3, det.input_size, det.input_size), dtype=np.float32)
     with torch.no_grad():
         reference = [o.numpy() for o in det.raw(torch.from_numpy(x))]
-    check = UltralyticsOnnxRunner(path, threads=settings.threads)
-    with check:
-        got = [o.numpy() for o in check.raw(x)]
+    onnx, options = onnx_backend(), TargetOptions(threads=settings.threads)
+    with onnx.runner(path, options) as check:
+        got = [o.numpy() for o in decode_outputs(check.infer(x))]
     target_info = {"source": str(path), "model": det.family, "variant": PEER, "method": None, "rate": None,
                    "variant_id": PEER, "input_shape": info["input_shape"], "exporter": "ultralytics"}
-    runner = UltralyticsOnnxRunner(path, threads=settings.threads, nms_iou=det.nms_iou)
+    runner = onnx.runner(path, options, nms_iou=det.nms_iou)
     record = {"available": True, "model": det.family, "export": info,
               "decoded_max_rel_error_vs_torch": max_rel_error(reference, got)}
     return record, Target(path, runner, target_info)
@@ -193,11 +186,11 @@ def export_peer(det: Detector, work: Path, data: Path, settings: StudySettings, 
 
 def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant], val, det: Detector,
                  settings: StudySettings, log: Log, intervals: Intervals | None = None) -> dict:
-    """The peer record completed from the ONNX Runtime run it was timed in: its latency, xprune's baseline and
-    every pruned variant against it, and (for accuracy models, `val` given) its mAP, with intervals when
-    `intervals` is given: the peer's mAP, and the paired difference from xprune's unpruned export. The
-    comparisons read mAP on ONNX Runtime, the peer's runtime, when the variants were measured there."""
-    from xprune.study.measure import onnxruntime_map
+    """The peer record completed from the run it was timed in: its latency, xprune's baseline and every pruned
+    variant against it, and (for accuracy models, `val` given) its mAP, with intervals when `intervals` is given:
+    the peer's mAP, and the paired difference from xprune's unpruned export. The comparisons read mAP on the
+    peer's runtime (the registry's ONNX backend) when the variants were measured there."""
+    from xprune.study.measure import exported_map
     from xprune.bench.paired import paired_summary
     from xprune.study.stats import latency_fields, pct_change
     from xprune.study.variants import BASELINE, BASELINE_COPY
@@ -214,21 +207,21 @@ def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant],
         out["aa_control"] = paired_summary(by_id[BASELINE_COPY], base_row)
     base = variants[0]
     accuracy = val is not None
+    onnx = onnx_backend()
     if accuracy:
-        log(f"[{det.family}] peer: mAP through ONNX Runtime + shared post-process")
-        m = onnxruntime_map(path, det, val, settings.threads, settings.progress, UltralyticsOnnxRunner,
-                            per_image=True)
+        log(f"[{det.family}] peer: mAP through {onnx.label} + shared post-process")
+        m = exported_map(path, det, val, settings.threads, settings.progress, per_image=True, decode=decode_outputs)
         out.update({"map": m["map"], "map50": m["map50"], "val_images": m["images"]})
         if "onnx_map" not in base.info and base.onnx is not None:  # compared with xprune's export on one runtime
-            log(f"[{det.family}] mAP of xprune's baseline ONNX through ONNX Runtime")
-            mb = onnxruntime_map(base.onnx, det, val, settings.threads, settings.progress, per_image=True)
+            log(f"[{det.family}] mAP of xprune's baseline ONNX through {onnx.label}")
+            mb = exported_map(base.onnx, det, val, settings.threads, settings.progress, per_image=True)
             base.info.update({"onnx_map": mb["map"], "onnx_map50": mb["map50"]})
-            base.matches["onnxruntime"] = mb["matches"]
+            base.matches[onnx.name] = mb["matches"]
         if intervals is not None:
             low, high = intervals.map_interval(m["matches"])
             out.update({"map_low": low, "map_high": high})
-            if "onnxruntime" in base.matches:  # xprune's unpruned export minus the peer, the same images
-                d, low, high = intervals.delta_interval(m["matches"], base.matches["onnxruntime"])
+            if onnx.name in base.matches:  # xprune's unpruned export minus the peer, the same images
+                d, low, high = intervals.delta_interval(m["matches"], base.matches[onnx.name])
                 out["xprune_baseline_minus_peer_map"] = {"delta": d, "low": low, "high": high}
     on_onnx = accuracy and "onnx_map" in base.info and all("onnx_map" in v.info for v in variants[1:])
     prefix = "onnx_" if on_onnx else ""
@@ -245,7 +238,7 @@ def peer_results(record: dict, path: Path, by_id: dict, variants: list[Variant],
                 "clearly_faster": ratio["p90"] < 1.0,
                 "removed_mac_fraction": v.info.get("removed_mac_fraction"),
                 "map": v.info.get(prefix + "map") if accuracy else None,
-                "map_source": ("onnxruntime" if on_onnx else "torch") if accuracy else None,
+                "map_source": (onnx.name if on_onnx else FRAMEWORK) if accuracy else None,
                 "map_lost": (base.info[prefix + "map"] - v.info[prefix + "map"]) if accuracy else None,
                 # the ΔmAP interval turned round: what was lost, low to high
                 "map_lost_low": 0.0 - v.info[prefix + "dmap_high"] if accuracy and prefix + "dmap_high" in v.info

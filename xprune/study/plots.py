@@ -21,12 +21,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from xprune.runtime.registry import BACKENDS  # noqa: E402
+from xprune.runtime.registry import label  # noqa: E402
+from xprune.study.rows import ran_on  # noqa: E402
+from xprune.study.settings import FRAMEWORK  # noqa: E402
 
 COLORS = {"baseline": "black", "l1": "tab:blue", "attr": "tab:red", "taylor": "tab:green", "hrank": "tab:purple",
           "gradshap": "tab:orange", "random": "tab:gray"}
-MARKERS = {"torch": "o", "onnxruntime": "s", "tensorrt": "^"}
-BACKEND_NAMES = {"torch": "PyTorch eager (CPU)", "onnxruntime": "ONNX Runtime (CPU)", "tensorrt": "TensorRT"}
 
 
 def color(method: str) -> str:
@@ -85,6 +85,19 @@ def _rows(study: dict, **match) -> list[dict]:
     return [r for r in study["rows"] if all(r.get(k) == v for k, v in match.items())]
 
 
+def study_backends(study: dict) -> list[str]:
+    """The backends the study timed on, in its settings' order."""
+    timed = dict.fromkeys(r["backend"] for r in study["rows"])
+    return [b for b in study["settings"].get("backends") or timed if b in timed]
+
+
+def backend_label(rows: list[dict], backend: str) -> str:
+    """How a figure names what ran `rows`: the registry's label of each backend that ran them (the framework slot
+    holds PyTorch and JAX rows alike), with the device where it is the CPU."""
+    labels = " / ".join(label(name) for name in dict.fromkeys(ran_on(r) for r in rows)) or label(backend)
+    return f"{labels} (CPU)" if rows and all(r.get("device") == "cpu" for r in rows) else labels
+
+
 def _rate_axes(ax, title: str, ylabel: str, legend_size: int) -> None:
     """Zero line, labels and legend of a panel over pruning rates."""
     ax.axhline(0, color="0.6", lw=0.8)
@@ -99,7 +112,7 @@ def rate_sweep_map(study: dict, path: Path) -> Path | None:
     if not models:
         return None
     fig, axes = _panels(len(models))
-    backend = "torch" if any(r["backend"] == "torch" for r in study["rows"]) else study["rows"][0]["backend"]
+    backend = FRAMEWORK if _rows(study, backend=FRAMEWORK) else study["rows"][0]["backend"]
     for ax, m in zip(axes, models):
         for method in study["settings"]["criteria"]:
             rows = sorted(_rows(study, model=m["model"], backend=backend, method=method), key=lambda r: r["rate"])
@@ -120,7 +133,7 @@ def rate_sweep_map(study: dict, path: Path) -> Path | None:
 
 
 def rate_sweep_fps(study: dict, path: Path) -> Path | None:
-    backends = [b for b in BACKENDS if _rows(study, backend=b)]
+    backends = study_backends(study)
     if not backends:
         return None
     fig, axes = _panels(len(backends))
@@ -139,13 +152,15 @@ def rate_sweep_fps(study: dict, path: Path) -> Path | None:
         if aa:
             half = max(abs(v) for v in aa)
             ax.axhspan(-half, half, color="0.9", zorder=0, label="A/A control (largest |Δ|): noise")
-        _rate_axes(ax, f"{BACKEND_NAMES.get(b, b)}: FPS change vs rate", "Δ FPS vs baseline (%)", 7)
+        ran = backend_label(_rows(study, backend=b), b)
+        _rate_axes(ax, f"{ran}: FPS change vs rate", "Δ FPS vs baseline (%)", 7)
     return _save(fig, path)
 
 
 def macs_vs_map(study: dict, path: Path) -> Path | None:
     models = [m for m in study["models"] if m["accuracy"]]
-    rows_backend = "torch" if _rows(study, backend="torch") else "onnxruntime"
+    timed = study_backends(study)
+    rows_backend = FRAMEWORK if FRAMEWORK in timed else (timed or [FRAMEWORK])[0]
     if not models or not any(r.get("effective_macs") for r in study["rows"]):
         return None
     fig, axes = _panels(len(models))
@@ -190,11 +205,12 @@ def fps_vs_map(study: dict, backend: str, path: Path) -> Path | None:
                             textcoords="offset points")
         for method in ["baseline", *study["settings"]["criteria"]]:
             ax.scatter([], [], color=color(method), label=method)
-        if backend == "onnxruntime" and peer.get("available") and peer.get("model") == m["model"] \
-                and peer.get("map") is not None:
+        if (peer.get("runtime") or {}).get("backend") == backend and peer.get("available") \
+                and peer.get("model") == m["model"] and peer.get("map") is not None:
             ax.scatter(peer["fps"], peer["map"], color="tab:olive", marker="D", s=60, zorder=4,
                        label="Ultralytics export (unpruned)")
-        ax.set_title(f"{m['model']}: FPS vs mAP, {BACKEND_NAMES.get(backend, backend)}")
+        ran = backend_label(_rows(study, model=m["model"], backend=backend), backend)
+        ax.set_title(f"{m['model']}: FPS vs mAP, {ran}")
         ax.set_xlabel("FPS (1000 / median ms, batch 1)")
         ax.set_ylabel("mAP@[.50:.95]")
         ax.legend(fontsize=7)
@@ -240,7 +256,7 @@ def make_plots(study: dict, out_dir: str | Path) -> dict[str, Path]:
     figs["rate-sweep-map"] = rate_sweep_map(study, out / "rate-sweep-map.png")
     figs["rate-sweep-fps"] = rate_sweep_fps(study, out / "rate-sweep-fps.png")
     figs["macs-vs-map"] = macs_vs_map(study, out / "macs-vs-map.png")
-    for b in BACKENDS:
+    for b in study_backends(study):
         figs[f"fps-vs-map-{b}"] = fps_vs_map(study, b, out / f"fps-vs-map-{b}.png")
     figs["object-sizes"] = object_sizes(study, out / "object-sizes.png")
     return {k: v for k, v in figs.items() if v is not None}

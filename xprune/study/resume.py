@@ -14,6 +14,7 @@ from typing import Callable
 
 from xprune.errors import XpruneError
 from xprune.files import display_path, read_json
+from xprune.resume import first_difference, plain
 from xprune.study.settings import FORMAT, Log
 
 # settings that do not change what a model's rows measure; each model's weights are checked by their SHA-256
@@ -24,27 +25,28 @@ COMPARED_HEADER = ("dataset", "dataset_stats", "threads", "backends")
 
 
 def _protocol(doc: dict) -> dict:
-    return {k: v for k, v in doc["settings"].items() if k not in UNCOMPARED_SETTINGS}
+    # a setting unset (None) is one an older study did not have yet: the same protocol
+    return {k: v for k, v in doc["settings"].items() if k not in UNCOMPARED_SETTINGS and v is not None}
 
 
-def _first_difference(old: dict, new: dict) -> str | None:
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            return key
-    return None
+def _header(doc: dict) -> dict:
+    return {k: doc[k] for k in COMPARED_HEADER}
+
+
+def _machine(doc: dict) -> dict:
+    return {k: doc["environment"].get(k) for k in COMPARED_ENVIRONMENT}
+
+
+# what of a study header decides whether its rows compare with another's, in the order a difference is reported
+COMPARED = ((_protocol, "setting '{}'"), (_header, "'{}'"), (_machine, "machine's {}"))
 
 
 def _mismatch(old: dict, new: dict) -> str | None:
     """What differs between two study headers in a way that makes their rows incomparable, or None."""
-    key = _first_difference(_protocol(old), _protocol(new))
-    if key is not None:
-        return f"setting '{key}'"
-    for key in COMPARED_HEADER:
-        if old[key] != new[key]:
-            return f"'{key}'"
-    for key in COMPARED_ENVIRONMENT:
-        if old["environment"].get(key) != new["environment"].get(key):
-            return f"machine's {key}"
+    for part, name in COMPARED:
+        where = first_difference(plain(part(old)), plain(part(new)))
+        if where is not None:
+            return name.format(where)
     return None
 
 

@@ -3,7 +3,8 @@ console table `xprune demo` prints of them."""
 
 from __future__ import annotations
 
-from xprune.study.settings import StudySettings
+from xprune.runtime.registry import onnx_backend
+from xprune.study.settings import FRAMEWORK, StudySettings
 from xprune.bench.paired import paired_summary
 from xprune.study.stats import pct_change
 from xprune.study.variants import Variant
@@ -12,22 +13,24 @@ from xprune.study.variants import Variant
 def variant_row(name: str, accuracy: bool, backend: str, v: Variant, method: str, rate: float, t: dict, b: dict,
                 base: Variant) -> dict:
     """One row: `t` is the variant's results row in the backend's timed run, `b` the baseline's. mAP is the one
-    measured on this backend's runtime where there is one (ONNX Runtime), else PyTorch's ("map_source"); its
-    interval and the paired ΔmAP interval against the baseline come from the same evaluation."""
+    measured on this backend's runtime where there is one (the registry's ONNX backend), else the framework's
+    ("map_source"); its interval and the paired ΔmAP interval against the baseline come from the same
+    evaluation."""
     info, binfo = v.info, base.info
-    prefix = "onnx_" if backend == "onnxruntime" and "onnx_map" in info else ""
+    onnx = onnx_backend().name
+    prefix = "onnx_" if backend == onnx and "onnx_map" in info else ""
     acc = (lambda key: info.get(prefix + key)) if accuracy else (lambda key: None)
     mp = acc("map")
     bmp = binfo.get(prefix + "map") if accuracy else None
     ratio = None if v.is_baseline else paired_summary(t, b)
-    variant = "baseline" if v.is_baseline else ("zeroed" if backend == "torch" else "folded")
+    variant = "baseline" if v.is_baseline else ("zeroed" if backend == FRAMEWORK else "folded")
     described = t.get("backend")
     runtime: dict = described if isinstance(described, dict) else {}
     return {"model": name, "accuracy": accuracy, "backend": backend, "device": t["device"],
             "precision": t["precision"], "method": method, "rate": rate, "variant_id": v.id, "variant": variant,
             "layers_zeroed": len(v.layers), "map": mp, "map_low": acc("map_low"), "map_high": acc("map_high"),
             "map50": acc("map50"),
-            "map_source": (("onnxruntime" if prefix else "torch") if accuracy else None),
+            "map_source": ((onnx if prefix else FRAMEWORK) if accuracy else None),
             "val_images": (info.get("onnx_val_images" if prefix else "val_images")) if accuracy else None,
             "dmap": None if v.is_baseline else acc("dmap"),
             "dmap_low": None if v.is_baseline else acc("dmap_low"),
@@ -57,7 +60,7 @@ def model_rows(name: str, accuracy: bool, variants: list[Variant], timings: dict
                 row = variant_row(name, accuracy, backend, v, method, rate, by_id[v.id], b, base)
                 row["order_seed"] = (orders or {}).get(backend, {}).get("seed")
                 row["shared_with"] = [list(u) for u in v.uses if u != (method, rate)]
-                zeroed = by_id.get(f"{v.id}-zeroed") if backend == "onnxruntime" and not v.is_baseline else None
+                zeroed = by_id.get(f"{v.id}-zeroed") if not v.is_baseline else None  # where the unfolded file ran
                 if settings.onnx_zeroed and zeroed:
                     row["zeroed_onnx_fps"] = zeroed["fps"]
                     row["zeroed_onnx_paired_ratio"] = paired_summary(zeroed, b)["median"]
@@ -67,12 +70,17 @@ def model_rows(name: str, accuracy: bool, variants: list[Variant], timings: dict
     return rows
 
 
+def ran_on(row: dict) -> str:
+    """The backend that ran a row: its runner's, which in the framework slot is the model's framework's."""
+    return (row.get("runtime") or {}).get("backend") or row["backend"]
+
+
 def _cell(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
 TABLE_COLUMNS = (  # header, width, row key or function, format
-    ("model", -18, "model", ""), ("backend", -13, lambda r: (r.get("runtime") or {}).get("backend") or r["backend"], ""), ("method", -9, "method", ""),
+    ("model", -18, "model", ""), ("backend", -13, ran_on, ""), ("method", -9, "method", ""),
     ("variant", -8, "variant", ""), ("rate", 6, "rate", ".2f"), ("mAP", 8, "map", ".4f"),
     ("mAP50", 8, "map50", ".4f"), ("dmAP%", 8, "dmap_pct", "+.2f"),
     ("dmAP 95% CI", 19, lambda r: None if r.get("dmap_low") is None

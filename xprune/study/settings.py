@@ -25,15 +25,16 @@ from typing import Any, Callable
 from xprune.bench.latency import LatencyProtocol
 from xprune.errors import XpruneError
 from xprune.files import display_path
-from xprune.runtime.registry import BACKENDS as RUNTIME_BACKENDS
+from xprune.runtime.registry import export_backends, onnx_backend
 
 Log = Callable[[str], None]  # where a study reports progress
 
 FORMAT = "xprune-study-2"
 READABLE_FORMATS = ("xprune-study-1", FORMAT)  # the report still draws studies from before the intervals
 STUDY_FILE = "study.json"
-# A JAX family's own runtime (jit-compiled XLA) is timed in the "torch" slot, the model's framework
-BACKENDS = tuple(b for b in RUNTIME_BACKENDS if b != "jax")
+# The study's slot for the model's own framework: the detector in memory, run by the registry's backend for its
+# framework (PyTorch eager, or jit-compiled XLA for a JAX family). Study files have always called it "torch".
+FRAMEWORK = "torch"
 FIGURE_RATE = 0.05  # the paper's rate: the layers marked in the importance figure (Fig. 2)
 
 ACCURACY_MODELS = ("yolov8n", "ssdlite320-mbv3", "tinyssd-jax")  # references in the package: accuracy rows
@@ -57,14 +58,19 @@ SPEED_LATENCY = LatencyProtocol(warmup_runs=5, warmup_s=1.0, runs=40, min_s=3.0)
 
 
 
+def study_backends() -> tuple[str, ...]:
+    """What a model can be timed on: its own framework, then every backend of the registry that runs an exported
+    model (the ONNX file, or an engine built from it)."""
+    return (FRAMEWORK, *(b.name for b in export_backends()))
+
+
 def default_models() -> list[str]:
-    """The accuracy and speed-only models, less the JAX families where the `jax` extra is not installed, and the
-    large families whose reference is here."""
-    from xprune.models.jax import jax_available
+    """The accuracy and speed-only models, less the families that cannot run here (JAX without the `jax` extra),
+    and the large families whose reference is here."""
     from xprune.models.zoo import FAMILIES
     from xprune.reference import reference_models
 
-    light = [m for m in (*ACCURACY_MODELS, *SPEED_MODELS) if FAMILIES[m].framework != "jax" or jax_available()]
+    light = [m for m in (*ACCURACY_MODELS, *SPEED_MODELS) if FAMILIES[m].available()]
     refs = reference_models()
     return light + [m for m in LARGE_MODELS if m in refs]
 
@@ -77,7 +83,6 @@ QUICK_LATENCY = LatencyProtocol(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0)
 DEMO_RATE = 0.05
 DEMO_CALIB_IMAGES = 64
 DEMO_LATENCY_RUNS = 100
-DEMO_BACKENDS = ("torch", "onnxruntime")
 # One reference per trainer (Ultralytics, torchvision, JAX): every reference at once takes about seven minutes on a
 # 2-core CPU, over the demo's five. `--models` picks others.
 DEMO_MODELS = ("yolov8n", "ssdlite320-mbv3", "tinyssd-jax")
@@ -106,7 +111,7 @@ class StudySettings:
     weights: dict[str, str] = field(default_factory=dict)
     speed_input_size: int = SPEED_INPUT_SIZE  # input size of random-init (speed-only) families
     speed_rates: tuple[float, ...] | None = None  # rates for speed-only families (None: `rates`)
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = field(default_factory=study_backends)
     latency: LatencyProtocol = LATENCY
     speed_latency: LatencyProtocol | None = None  # protocol for speed-only families (None: `latency`)
     threads: int | None = None  # torch and ONNX Runtime intra-op threads (None: torch's current / all cores)
@@ -157,8 +162,9 @@ class StudySettings:
         runs = DEMO_LATENCY_RUNS if latency_runs is None else latency_runs
         # a short run is for a look, not a measurement: it skips the minimum timed seconds
         latency = LatencyProtocol(runs=runs, min_s=3.0 if runs >= 100 else 0.0)
-        preset: dict[str, Any] = {"backends": DEMO_BACKENDS, "onnx_map": True, "onnx_zeroed": True, "peer": False,
-                                  "val_images": DEMO_VAL_IMAGES,
+        # the model's framework and the runtime of its exported file, whose mAP the demo measures too
+        preset: dict[str, Any] = {"backends": (FRAMEWORK, onnx_backend().name), "onnx_map": True,
+                                  "onnx_zeroed": True, "peer": False, "val_images": DEMO_VAL_IMAGES,
                                   "val_cap_reason": f"the demo evaluates at most {DEMO_VAL_IMAGES} val images so "
                                                     "that it runs in a few minutes on a small CPU"}
         if changes.get("val_images") is None:  # not given: the demo's cap
@@ -192,9 +198,10 @@ class StudySettings:
             check_rate(r)
         if self.policy not in POLICIES:
             raise XpruneError(f"unknown candidate policy '{self.policy}'; choose one of: {', '.join(POLICIES)}")
-        unknown = [b for b in self.backends if b not in BACKENDS]
+        known = study_backends()
+        unknown = [b for b in self.backends if b not in known]
         if unknown:
-            raise XpruneError(f"unknown backend '{unknown[0]}'; choose from: {', '.join(BACKENDS)}")
+            raise XpruneError(f"unknown backend '{unknown[0]}'; choose from: {', '.join(known)}")
         if self.speed_input_size < 32 or self.speed_input_size % 32:
             raise XpruneError(f"speed_input_size must be a positive multiple of 32, got {self.speed_input_size}")
         for m in self.weights:

@@ -56,17 +56,37 @@ def agreement(layer_scores: dict, plans: dict[str, dict[float, Plan | Infeasible
     return out
 
 
+ZERO_FRACTION_OF_MEDIAN = 1e-9  # a score this far below the criterion's median is float residue, not a measurement
+
+
+def zero_floor(layer_scores: dict, method: str) -> float:
+    """The score below which `method` counts a layer as scoring zero: `ZERO_FRACTION_OF_MEDIAN` x the median of its
+    candidate scores (of all layers' where no layer is a candidate)."""
+    from statistics import median
+    scores = layer_scores["criteria"][method]["scores"]
+    ranked = [s for s, m in zip(scores, layer_scores["candidate"]) if m] or list(scores)
+    return ZERO_FRACTION_OF_MEDIAN * abs(median(ranked)) if ranked else 0.0
+
+
+def scores_zero(layer_scores: dict, method: str) -> list[bool]:
+    """Per layer, whether `method` scores it 0 or below `zero_floor` (e.g. an attribution of 2e-20 against a median
+    of 3.8: what reaches that output rounds away, so its place in the ranking is no measurement either)."""
+    floor = zero_floor(layer_scores, method)
+    return [s == 0 or abs(s) < floor for s in layer_scores["criteria"][method]["scores"]]
+
+
 def zero_scores(layer_scores: dict) -> dict:
-    """Per criterion, how many layers score exactly 0: of all conv layers, of the candidates, and of the bottom
-    (`bottom_rate`) of the candidates. A criterion whose bottom is all zeros ranks nothing there: it has found
-    layers the data never uses, and any order among them is arbitrary."""
+    """Per criterion, how many layers score zero or below 1e-9 x its median (`scores_zero`): of all conv layers, of
+    the candidates, and of the bottom (`bottom_rate`) of the candidates. A criterion whose bottom is all zeros ranks
+    nothing there: it has found layers the data never uses, and any order among them is arbitrary."""
     mask = layer_scores["candidate"]
     out = {}
     for method, c in layer_scores["criteria"].items():
-        by_layer = dict(zip(layer_scores["layers"], c["scores"]))
-        out[method] = {"layers": sum(1 for s in c["scores"] if s == 0),
-                       "candidates": sum(1 for s, m in zip(c["scores"], mask) if m and s == 0),
+        zero = scores_zero(layer_scores, method)
+        by_layer = dict(zip(layer_scores["layers"], zero))
+        out[method] = {"layers": sum(zero),
+                       "candidates": sum(1 for z, m in zip(zero, mask) if m and z),
                        "candidate_total": sum(1 for m in mask if m),
-                       "bottom": sum(1 for n in c["bottom"] if by_layer[n] == 0), "bottom_size": len(c["bottom"]),
+                       "bottom": sum(1 for n in c["bottom"] if by_layer[n]), "bottom_size": len(c["bottom"]),
                        "bottom_rate": c["bottom_rate"]}
     return out

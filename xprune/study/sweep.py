@@ -11,15 +11,16 @@ ranking (safe candidate policy: the rates are prefixes of the same greedy select
   families are speed-only rows, marked `"accuracy": false`;
 - complexity: params and MACs by ptflops (dense: zeroing changes neither), and the MACs left after xprune's exact
   fold of the exported ONNX graph ("effective MACs");
-- latency and FPS per backend: PyTorch eager CPU (the zeroed model, dense compute: the paper's setting), ONNX
-  Runtime CPU (the folded export) and TensorRT when `require_tensorrt()` passes. Every variant of one model is
+- latency and FPS per backend of `xprune.runtime.registry`: the model's own framework on the CPU (the zeroed model,
+  dense compute: the paper's setting; PyTorch eager, or XLA for a JAX family), ONNX Runtime CPU (the folded
+  export) and TensorRT (an engine built from it) where it can run. Every variant of one model is
   timed interleaved in one process per backend (`xprune.bench.run.bench(..., interleave=True)`), each round in an
   order drawn from `order_seed`, beside an A/A control (the baseline timed twice), and every sample is kept in
   `bench/<model>-<backend>.json`. Every row records the thread count and the runner's `describe()`; torch's thread
   count is held at the study's for the whole run (`threads.torch_threads_kept`).
 
 For YOLOv8 models a peer - the same weights exported by Ultralytics' own ONNX exporter (`xprune.study.peer`) - is
-timed in the same ONNX Runtime run and its mAP measured through the shared post-process.
+timed in the same run of the registry's ONNX backend and its mAP measured through the shared post-process.
 
 The study file (`study.json`, format `xprune-study-2`) is rewritten atomically after every model, with
 `"complete": false` until the last one is done; `xprune.study.report` renders it. With `resume`, a later run keeps
@@ -49,10 +50,11 @@ from xprune.bench.latency import LatencyProtocol
 from xprune.errors import XpruneError
 from xprune.files import display_path, write_json
 from xprune.models.detector import Detector
+from xprune.runtime.registry import export_backends, onnx_backend
 from xprune.study.intervals import Intervals, add_intervals
 from xprune.study.measure import measure_variants
 from xprune.study.rows import model_rows
-from xprune.study.settings import FORMAT, MIN_VAL_IMAGES, STUDY_FILE, Log, StudySettings
+from xprune.study.settings import FORMAT, FRAMEWORK, MIN_VAL_IMAGES, STUDY_FILE, Log, StudySettings
 from xprune.study.stats import agreement, zero_scores
 from xprune.study.threads import torch_threads_kept
 from xprune.study.timing import aa_control, backends_block, time_backend, timing_order
@@ -98,7 +100,8 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
                   intervals: Intervals | None = None) -> tuple[dict, dict, dict, dict, dict | None]:
     """Every available backend in turn, each an interleaved run written to OUT/bench/<model>-<backend>.json; the
     peer joins the ONNX Runtime run. Returns the rows by variant id per backend, the A/A controls, the bench
-    files, the timing order of each run and the peer record."""
+    files, the timing order of each run and the peer record. The peer joins the run of the registry's ONNX
+    backend."""
     from xprune.bench.results import write_results
     from xprune.study.peer import export_peer, is_yolo, peer_results
 
@@ -108,6 +111,7 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
     bench_files: dict[str, str] = {}
     orders: dict[str, dict] = {}
     peer = None
+    peer_backend = onnx_backend().name
     threads = torch.get_num_threads()  # the study's count, held since run_study started
     for backend in settings.backends:
         if not backends[backend]["available"]:
@@ -116,7 +120,7 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
             log(f"[{name}] warning: torch threads changed to {torch.get_num_threads()}; set back to {threads}")
             torch.set_num_threads(threads)
         peer_record, peer_target = None, None
-        if backend == "onnxruntime" and settings.peer and is_yolo(det):
+        if backend == peer_backend and settings.peer and is_yolo(det):
             peer_record, peer_target = export_peer(det, work, data, settings, log)
         extra = [peer_target] if peer_target is not None else []
         log(f"[{name}] timing on {backend}: {len(variants) + len(extra) + int(settings.aa_control)} "
@@ -220,6 +224,17 @@ def dataset_block(data: Path, settings: StudySettings) -> dict:
         return {"available": False, "reason": str(e)}
 
 
+def engine_summaries(backends: dict) -> dict[str, str]:
+    """A line per engine-building backend of the registry, under its name in study.json's header: whether it ran,
+    with which version, or why not."""
+    out = {}
+    for engine in (b for b in export_backends() if b.builds_engine):
+        b = backends.get(engine.name)
+        out[engine.name] = (f"available ({engine.label} {b['version']})" if b and b["available"]
+                            else f"unavailable ({b['reason']})" if b else "not requested")
+    return out
+
+
 def run_study(settings: StudySettings, log: Log = print) -> Path:
     """Run the study; returns the path of the study results JSON (OUT/study.json). torch's thread count is
     `settings.threads` (or the one found) for the whole run, whatever a library does to it, and is put back
@@ -236,15 +251,11 @@ def _run_study(settings: StudySettings, log: Log) -> Path:
     command = settings.command or (" ".join(["python", *sys.argv]) if sys.argv else "run_study()")
     data = study_dataset(settings)
     backends = backends_block(settings)
-    trt = backends.get("tensorrt")
     doc: dict[str, Any] = {
         "format": FORMAT, "complete": False, "command": command, "environment": environment(),
         "settings": settings.describe(), "dataset": display_path(data), "dataset_stats": dataset_block(data, settings),
-        "threads": {"torch": torch.get_num_threads(), "onnxruntime": settings.threads or os.cpu_count()},
-        "backends": backends,
-        "tensorrt": (f"available (TensorRT {trt['version']})" if trt and trt["available"]
-                     else f"unavailable ({trt['reason']})" if trt else "not requested"),
-        "models": [], "rows": [], "peer": None}
+        "threads": {FRAMEWORK: torch.get_num_threads(), onnx_backend().name: settings.threads or os.cpu_count()},
+        "backends": backends, **engine_summaries(backends), "models": [], "rows": [], "peer": None}
     path = out / STUDY_FILE
     kept = {}
     if settings.resume:
@@ -257,8 +268,9 @@ def _run_study(settings: StudySettings, log: Log) -> Path:
         doc["resumed"] = {"kept": list(kept), "kept_seconds": kept_seconds}
     elif path.is_file():
         log(f"replacing the study in {display_path(out)} (--resume would keep the models it measured)")
-    if trt is not None and not trt["available"]:
-        log(f"tensorrt: unavailable ({trt['reason']})")
+    for name, b in backends.items():
+        if not b["available"]:
+            log(f"{name}: unavailable ({b['reason']})")
     earlier = doc.get("resumed", {}).get("kept_seconds", 0.0)
     with tempfile.TemporaryDirectory(prefix="xprune-study-") as tmp:
         for i, name in enumerate(settings.models, 1):

@@ -3,28 +3,35 @@ interleaved in one process (`xprune.bench.run.bench`), beside an A/A control (th
 round runs the targets in an order drawn from the study's `order_seed` (`xprune.bench.drift.round_order`), so the
 A/A copy does not always follow the baseline; the seed and every round's order are kept with the samples.
 
-A backend of `xprune.runtime.registry` joins the study with an entry in `STUDY_BACKENDS`: the facts study.json
-records about it and how it opens a variant. Files go through the registry (`open_target`), so the runner is the
-one `xprune bench` would use for them.
+Every backend comes from `xprune.runtime.registry`, and what the study times there follows from what it declares:
+the model's framework slot (`FRAMEWORK`) runs the detector in memory on the backend of its framework
+(`runner_for`); a backend that builds an engine gets one built from the folded export; a backend that opens ONNX
+files runs the folded export itself (and the unfolded one, with `onnx_zeroed`). Files go through
+`xprune.bench.run.open_target`, so the runner is the one `xprune bench` would use for them.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from xprune.bench.latency import LatencyProtocol
 from xprune.bench.run import BenchSettings, Target, bench, open_target
 from xprune.errors import XpruneError
-from xprune.runtime.registry import BACKENDS as RUNTIME_BACKENDS
-from xprune.study.settings import Log, StudySettings
+from xprune.runtime.registry import (ONNX_SUFFIX, Backend, EngineOptions, TargetOptions, backend_named,
+                                     framework_backend, runner_for)
+from xprune.study.settings import FRAMEWORK, Log, StudySettings
 from xprune.bench.paired import paired_summary
 from xprune.study.variants import BASELINE, BASELINE_COPY, Variant
 
 MODEL, COPY, ZEROED = "model", "copy", "zeroed"  # what of a variant a target runs: it, its A/A copy, its unfolded ONNX
+# what the study times on each kind of backend, as study.json's "backends" block says it
+FRAMEWORK_TIMED = ("the model's framework: zeroed weights, dense compute (PyTorch eager; JAX families "
+                   "jit-compiled)")
+ONNX_TIMED = "exported raw heads, zeroed layers folded (xprune.export.fold)"
+ENGINE_TIMED = "engine built from the folded ONNX"
 
 
 @dataclass(frozen=True)
@@ -36,109 +43,88 @@ class Timed:
     part: str = MODEL
 
 
-def torch_facts(version: str, settings: StudySettings) -> dict:
-    import torch
-
-    # OpenMP's wait policy decides whether idle torch threads spin; on a busy small CPU spinning threads slow
-    # every op many times over (ONNX Runtime's spinning is off in the study), so it is recorded
-    return {"device": "cpu", "threads": torch.get_num_threads(), "version": version,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-
-
-def onnxruntime_facts(version: str, settings: StudySettings) -> dict:
-    return {"device": "cpu", "version": version, "threads": settings.threads or os.cpu_count(), "spinning": False}
+def runs_onnx(backend: str) -> bool:
+    """Whether the backend runs the exported ONNX file itself (and so the unfolded one too)."""
+    if backend == FRAMEWORK:
+        return False
+    b = backend_named(backend)
+    return not b.builds_engine and ONNX_SUFFIX in b.suffixes
 
 
-def tensorrt_facts(version: str, settings: StudySettings) -> dict:
-    return {"device": "cuda:0", "version": version, "precision": "fp16" if settings.trt_fp16 else "fp32"}
+def what_is_timed(backend: str) -> str:
+    if backend == FRAMEWORK:
+        return FRAMEWORK_TIMED
+    return ENGINE_TIMED if backend_named(backend).builds_engine else ONNX_TIMED
 
 
-def torch_target(model: str, t: Timed, work: Path, settings: StudySettings, log: Log) -> Target:
-    """The detector in memory (zeroed weights, dense compute); the A/A copy is a deep copy of the baseline. This is
-    the model's own framework: a JAX family runs here jit-compiled by XLA (its rows say `jax` in "runtime")."""
-    from xprune.models.jax import is_jax
-    from xprune.runtime.pytorch.runner import TorchRunner
-
+def framework_target(model: str, t: Timed) -> Target:
+    """The detector in memory (zeroed weights, dense compute) on its own framework's backend; the A/A copy is a
+    deep copy of the baseline. Its rows say which backend ran it in "runtime"."""
     v = t.variant
     det = copy.deepcopy(v.detector) if t.part == COPY else v.detector
-    runner: Any
-    if is_jax(det):
-        from xprune.runtime.jax.runner import JaxRunner
-        runner, framework = JaxRunner(det), "jax"
-    else:
-        runner, framework = TorchRunner(det), "torch"
-    info: dict[str, Any] = {"source": f"{framework}:{model}:{t.variant_id}", "model": model,
+    runner = runner_for(det)
+    info: dict[str, Any] = {"source": f"{runner.name}:{model}:{t.variant_id}", "model": model,
                             "variant": BASELINE if v.is_baseline else "zeroed",
                             "method": None if v.is_baseline else v.method, "rate": None,
                             "input_shape": [1, 3, det.input_size, det.input_size]}
     return Target(Path(info["source"]), runner, info)
 
 
-def onnxruntime_target(model: str, t: Timed, work: Path, settings: StudySettings, log: Log) -> Target:
+def onnx_target(backend: Backend, model: str, t: Timed, work: Path, settings: StudySettings) -> Target:
     """The folded export (or the unfolded one); the A/A copy is a second file with the baseline's bytes."""
     v = t.variant
     assert v.onnx is not None
     path = v.onnx_zeroed if t.part == ZEROED else v.onnx
     if t.part == COPY:
-        path = work / f"{model}-{BASELINE_COPY}.onnx"
+        path = work / f"{model}-{BASELINE_COPY}{ONNX_SUFFIX}"
         path.write_bytes(v.onnx.read_bytes())
     assert path is not None
-    return open_target(path, threads=settings.threads)
+    return open_target(path, threads=settings.threads, backend=backend)
 
 
-def tensorrt_target(model: str, t: Timed, work: Path, settings: StudySettings, log: Log) -> Target:
+def engine_target(backend: Backend, model: str, t: Timed, work: Path, settings: StudySettings, log: Log) -> Target:
     """An engine built from the folded export (the A/A copy: a second engine from the same file)."""
-    from xprune.runtime.tensorrt.build import build_engine
-
     assert t.variant.onnx is not None
-    engine = work / f"{model}-{t.variant_id}.engine"
-    log(f"[{model}] building TensorRT engine {engine.name}")
-    build_engine(t.variant.onnx, engine, fp16=settings.trt_fp16)
-    return open_target(engine)
+    engine = work / f"{model}-{t.variant_id}{backend.suffixes[0]}"
+    log(f"[{model}] building {backend.label} engine {engine.name}")
+    backend.build(t.variant.onnx, engine, EngineOptions(fp16=settings.trt_fp16))
+    return open_target(engine, backend=backend)
 
 
-@dataclass(frozen=True)
-class StudyBackend:
-    timed: str  # what the study times there, as study.json's "backends" block says it
-    facts: Callable[[str, StudySettings], dict]
-    target: Callable[[str, Timed, Path, StudySettings, Log], Target]
-    times_zeroed_onnx: bool = False  # whether `onnx_zeroed` files run here too
-
-
-STUDY_BACKENDS: dict[str, StudyBackend] = {
-    "torch": StudyBackend("the model's framework: zeroed weights, dense compute (PyTorch eager; JAX families jit-compiled)",
-                          torch_facts, torch_target),
-    "onnxruntime": StudyBackend("exported raw heads, zeroed layers folded (xprune.export.fold)", onnxruntime_facts,
-                                onnxruntime_target, times_zeroed_onnx=True),
-    "tensorrt": StudyBackend("engine built from the folded ONNX", tensorrt_facts, tensorrt_target),
-}
+def open_timed(backend: str, model: str, t: Timed, work: Path, settings: StudySettings, log: Log) -> Target:
+    if backend == FRAMEWORK:
+        return framework_target(model, t)
+    b = backend_named(backend)
+    if b.builds_engine:
+        return engine_target(b, model, t, work, settings, log)
+    return onnx_target(b, model, t, work, settings)
 
 
 def backends_block(settings: StudySettings) -> dict:
-    """study.json's "backends": per requested backend, its version and facts, or why it cannot run here."""
+    """study.json's "backends": per requested backend, its version and facts, or why it cannot run here. The
+    framework slot reports the backend of the default framework (PyTorch); a JAX family's rows name theirs."""
     out = {}
     for name in settings.backends:
-        spec = STUDY_BACKENDS.get(name)
-        if spec is None:
-            out[name] = {"available": False, "reason": "the study has no way to run its variants there yet"}
-            continue
+        backend = framework_backend() if name == FRAMEWORK else backend_named(name)
+        # `trt_fp16` (as study files name it) is the precision every engine is built in
+        options = TargetOptions(threads=settings.threads, fp16=settings.trt_fp16 and backend.builds_engine)
         try:
-            version = RUNTIME_BACKENDS[name].available()
+            facts = backend.run_facts(options)
         except XpruneError as e:
             out[name] = {"available": False, "reason": str(e)}
             continue
-        out[name] = {"available": True, **spec.facts(version, settings), "variant": spec.timed}
+        out[name] = {"available": True, **facts, "variant": what_is_timed(name)}
     return out
 
 
 def timed_targets(backend: str, variants: list[Variant], aa_control: bool) -> list[Timed]:
     """Every variant in order (each followed by its unfolded ONNX where that runs), the A/A copy second (the
     order within a round is drawn per round when timed: this is only the order of the results rows)."""
-    spec = STUDY_BACKENDS[backend]
+    zeroed = runs_onnx(backend)
     out = []
     for v in variants:
         out.append(Timed(v.id, v))
-        if spec.times_zeroed_onnx and v.onnx_zeroed is not None:
+        if zeroed and v.onnx_zeroed is not None:
             out.append(Timed(f"{v.id}-zeroed", v, ZEROED))
     if aa_control:
         out.insert(1, Timed(BASELINE_COPY, variants[0], COPY))
@@ -149,10 +135,9 @@ def time_backend(backend: str, model: str, variants: list[Variant], extra: list[
                  settings: StudySettings, protocol: LatencyProtocol, command: str, log: Log) -> tuple[dict, dict]:
     """Time every variant (and the `extra` targets, already opened) interleaved on one backend. Returns the
     results document and its rows by variant id."""
-    spec = STUDY_BACKENDS[backend]
     targets: list[tuple[str, Target]] = []
     for t in timed_targets(backend, variants, settings.aa_control):
-        target = spec.target(model, t, work, settings, log)
+        target = open_timed(backend, model, t, work, settings, log)
         target.info.update({"variant_id": t.variant_id, "zeroed_layers": list(t.variant.layers)})
         if t.part == COPY:
             target.info["variant"] = BASELINE_COPY

@@ -21,7 +21,8 @@ BASELINE_COPY = "baseline-copy"  # the baseline timed a second time: the A/A con
 class Variant:
     """One distinct model measured: the baseline or one set of zeroed layers. `info` is its entry in study.json;
     `onnx` its export (folded unless it is the baseline), `onnx_zeroed` the unfolded export when asked for;
-    `matches` its per-image evaluations by runtime ("torch", "onnxruntime"), from which intervals are drawn."""
+    `matches` its per-image evaluations by runtime (the framework slot's name and the registry's ONNX backend's),
+    from which intervals are drawn."""
 
     id: str
     method: str

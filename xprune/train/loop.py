@@ -1,5 +1,7 @@
 """A plain PyTorch training loop over `Detector.train_step_loss` (the torchvision families' own loss dicts, summed),
-with a state file written every epoch: rerunning with the same state file resumes after the last finished epoch."""
+with a state file written every epoch: rerunning with the same state file resumes after the last finished epoch.
+The state file holds the tensors; the stamp beside it (state.pt -> state.json, `xprune.resume`) names the inputs that
+made them, so only a run with the same settings, images and caller's inputs resumes from it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -16,6 +18,7 @@ from xprune.data.transforms import collate_targets, ssd_augment
 from xprune.errors import XpruneError
 from xprune.files import atomic_path
 from xprune.models.detector import Detector
+from xprune.resume import Stamp, input_identity
 
 Log = Callable[[str], None]
 
@@ -51,9 +54,20 @@ def training_batch(train: CocoDetectionSet, indices: list[int], augment: str, ge
     return collate_targets(samples)
 
 
+STATE_KEYS = ("model", "optimizer", "schedule", "generator", "torch_rng", "history")
+
+
 def _save_state(path: Path, **state) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def training_stamp(state_path: str | Path, settings: TrainSettings, images: int,
+                   inputs: Mapping[str, Any] | None = None) -> Stamp:
+    """The record beside a training state (state.pt -> state.json) of what decides the training: its settings, the
+    number of training images and the caller's `inputs` (the starting weights' SHA-256, the layers held at zero)."""
+    identity = input_identity({**asdict(settings), "images": images}, **dict(inputs or {}))
+    return Stamp(Path(state_path).with_suffix(".json"), identity, "training state")
 
 
 def epoch_line(record: dict, epochs: int) -> str:
@@ -62,10 +76,13 @@ def epoch_line(record: dict, epochs: int) -> str:
 
 
 def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettings, state_path: str | Path,
-                   log: Log = print, after_step: Callable[[], None] | None = None) -> list[dict]:
+                   log: Log = print, after_step: Callable[[], None] | None = None,
+                   inputs: Mapping[str, Any] | None = None) -> list[dict]:
     """Train `det` in place; return one record per epoch (loss, seconds). `after_step` runs after every optimizer
     step (fine-tuning uses it to keep pruned weights at zero). The state file holds model, optimizer, schedule and
-    random state after each finished epoch; when it exists, training continues from it."""
+    random state after each finished epoch; when it exists and its stamp (`training_stamp`, with the caller's
+    `inputs`) names the same inputs, training continues from it; another run's state is refused in one line. The
+    state stays when training ends: the caller releases it once its own output is written."""
     if settings.epochs <= 0:
         raise XpruneError(f"epochs must be positive, got {settings.epochs}")
     if settings.augment not in AUGMENTS:
@@ -81,21 +98,17 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
                                                 pct_start=settings.warmup_fraction)
     generator = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
-    if state_path.is_file():
+    if training_stamp(state_path, settings, len(train), inputs).claim([state_path]):
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=False)
-            # states from before `augment` and `precision` had these defaults
-            recorded = ({"augment": "flip", "precision": "fp32", **state["settings"]}, state["images"])
-        except Exception as e:  # pickle, zip and EOF errors all mean the same here
+            model, optimizer, schedule, batches_rng, torch_rng, history = (state[k] for k in STATE_KEYS)
+        except Exception as e:  # pickle, zip, EOF and missing-key errors all mean the same here
             raise XpruneError(f"cannot resume from {state_path} ({type(e).__name__}); delete it to start over") from None
-        if recorded != (asdict(settings), len(train)):
-            raise XpruneError(f"{state_path} was written by a run with other settings; delete it to start over")
-        det.model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history = state["history"]
+        det.model.load_state_dict(model)
+        opt.load_state_dict(optimizer)
+        sched.load_state_dict(schedule)
+        generator.set_state(batches_rng)
+        torch.set_rng_state(torch_rng)
         log(f"resuming after epoch {len(history)}/{settings.epochs} from {state_path}")
     for epoch in range(len(history), settings.epochs):
         det.model.train()
@@ -118,9 +131,9 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
             total += float(loss.detach())
         record = {"epoch": epoch + 1, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - t0}
         history.append(record)
-        _save_state(state_path, settings=asdict(settings), images=len(train), model=det.model.state_dict(),
-                    optimizer=opt.state_dict(), schedule=sched.state_dict(), generator=generator.get_state(),
-                    torch_rng=torch.get_rng_state(), history=history)
+        _save_state(state_path, model=det.model.state_dict(), optimizer=opt.state_dict(),
+                    schedule=sched.state_dict(), generator=generator.get_state(), torch_rng=torch.get_rng_state(),
+                    history=history)
         log(epoch_line(record, settings.epochs))
     det.model.eval()
     return history

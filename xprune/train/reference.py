@@ -18,6 +18,7 @@ from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
 from xprune.files import atomic_path, file_sha256, read_json, write_json
 from xprune.models import build_detector, load_checkpoint, save_checkpoint
+from xprune.models.zoo import family
 from xprune.reference import HERE as REFERENCE_DIR
 from xprune.reference import cache_dir
 from xprune.train.loop import TrainSettings, epoch_line, seconds_per_step, train_detector
@@ -28,17 +29,16 @@ COMMIT_LIMIT = 8 * 1024 * 1024  # bytes: bigger checkpoints stay in the cache, n
 YOLO_FAMILIES = ("yolov8n",)
 TORCHVISION_FAMILIES = ("ssdlite320-mbv3", "ssd-mobilenetv2", "ssd-shufflenetv2", "ssd-resnet50",
                         "retinanet-r50-fpn", "fasterrcnn-r50-fpn")
-JAX_FAMILIES = ("tinyssd-jax",)  # optax loop of xprune.models.jax.train (extra `jax`)
+JAX_FAMILIES = ("tinyssd-jax",)  # optax loop of xprune.train.jax_loop (extra `jax`)
 FAMILIES = YOLO_FAMILIES + TORCHVISION_FAMILIES + JAX_FAMILIES
-# ShuffleNetV2 under SSD's augmentation still underfit at 30 epochs (train mAP 0.266, val 0.241); 60 gave val 0.391.
+# ShuffleNetV2 under SSD's augmentation: 30 epochs gave val 0.241 (the reference at commit f830237), 60 gave 0.391.
 DEFAULT_EPOCHS = {"yolov8n": 30, "tinyssd-jax": 40, "ssd-shufflenetv2": 60, "ssd-resnet50": 60}
 TORCHVISION_EPOCHS = 30
-# SSD's scale augmentation where flips alone overfit: with flips ShuffleNetV2 reached train mAP 0.57 but val 0.228
-# at 30 epochs, with this policy val 0.241 (one run each). The ResNet-50 families, not yet trained, start with it.
+# SSD's scale augmentation for the families trained from scratch; the ResNet-50 families, not yet trained, start with it.
 TORCHVISION_AUGMENT = {"ssd-shufflenetv2": "ssd", "ssd-resnet50": "ssd", "retinanet-r50-fpn": "ssd",
                        "fasterrcnn-r50-fpn": "ssd"}
-# bf16 autocast where the backbone is big: a training step of SSD-ResNet50 (batch 16, 320 px) took 3.4 s against 9.5 s
-# in fp32 on this project's 2-core CPU (AVX512-BF16). Its first run (30 epochs at the default learning rate) underfit
+# bf16 autocast where the backbone is big: a bf16 training step of SSD-ResNet50 (batch 16, 320 px) took 4.22 s on this
+# project's 2-core CPU (AVX512-BF16; benchmarks/results/training/step-time.md). Its first run (30 epochs at the default learning rate) underfit
 # (loss 5.27, val mAP 0.069), but fp32 did no better over the first three epochs: both stalled at the warm-up's peak
 # (bf16 17.5, 15.3, 17.7; fp32 17.5, 17.0, 17.4; benchmarks/results/training/, with precision_check.py's gradients).
 TORCHVISION_PRECISION = {"ssd-resnet50": "bf16", "retinanet-r50-fpn": "bf16", "fasterrcnn-r50-fpn": "bf16"}
@@ -75,8 +75,8 @@ def estimate_seconds(model: str, data: Path, epochs: int, size: int = 320, train
     if model in JAX_FAMILIES:
         from xprune.models.jax import require_jax
         require_jax("optax")
-        from xprune.models.jax.train import TrainConfig
-        from xprune.models.jax.train import seconds_per_step as jax_seconds_per_step
+        from xprune.train.jax_loop import TrainConfig
+        from xprune.train.jax_loop import seconds_per_step as jax_seconds_per_step
         images = len(CocoDetectionSet.from_folder(data, "train", size, limit=train_images))
         batch = TrainConfig(epochs, size).batch_size
         return jax_seconds_per_step(data, size, batch) * (images // batch) * epochs  # the loop drops a last part batch
@@ -154,7 +154,7 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
     elif model in JAX_FAMILIES:
         from xprune.models.jax import require_jax
         require_jax("optax")
-        from xprune.models.jax.train import train_tinyssd
+        from xprune.train.jax_loop import train_tinyssd
         last, history = train_tinyssd(data, epochs, size, log_path, work_dir=work, train_images=train_images, log=log)
         train_seconds = sum(h["seconds"] for h in history)
         trained = load_checkpoint(last, model, size)
@@ -195,8 +195,7 @@ def train_reference(model: str, data: Path, epochs: int | None = None, size: int
             "train_images": train_images, "input_size": size, "train_seconds": round(train_seconds, 1),
             "machine": platform.processor() or platform.machine(), "threads": threads,
             "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))}
-    suffix = ".msgpack" if model in JAX_FAMILIES else ".pt"
-    staged = work / f"{name}{suffix}"
+    staged = work / f"{name}{family(model).checkpoint_suffix}"
     save_checkpoint(trained, staged, meta=meta, half=True)
     size_bytes = staged.stat().st_size
     stored = "package" if size_bytes <= COMMIT_LIMIT else "cache"

@@ -50,7 +50,7 @@ def test_auto_runs_every_stage_and_resumes(weights, synth_data, tmp_path, capsys
 
     code, _, err = run_cli(["auto", "--weights", str(weights), "--data", str(synth_data), "--out", str(out),
                             *FAST[:-2], "--threads", "2"], capsys)
-    assert code == 2 and "other arguments" in one_line_error(err)
+    assert code == 2 and "pruning job of another run (its settings.threads differs)" in one_line_error(err)
 
 
 @pytest.mark.parametrize("change, message", [

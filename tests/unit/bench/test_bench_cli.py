@@ -11,7 +11,7 @@ import torch
 from cli_helpers import one_line_error, run_cli
 from xprune.cli import main
 from xprune.errors import XpruneError
-from xprune.evaluate.bootstrap import ImageMatches
+from xprune.evaluate.image_matches import ImageMatches
 from xprune.models import build_detector, save_checkpoint
 from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
 from xprune.runtime.registry import BACKENDS, backend_for

@@ -87,6 +87,18 @@ def test_malformed_and_forced_relative_inputs_are_unusable():
         gate(a, b)
 
 
+def test_reference_workloads_compare_without_their_thread_count():
+    from xprune.bench.gate.workload import reference_workload, workload_name, workloads_differ
+
+    v1 = {"name": "xprune-reference-convnet", "version": 1, "threads": 2}
+    assert not workloads_differ(v1, {**v1, "threads": 8})  # threads follow the model's row
+    assert workloads_differ(v1, {**v1, "version": 2})
+    assert not workloads_differ(v1, None) and not workloads_differ(None, None)  # nothing to compare
+    assert workload_name(v1) == "xprune-reference-convnet v1"
+    assert reference_workload(_doc(_samples(10))) is None
+    assert reference_workload({"protocol": {"reference_workload": v1}}) == v1
+
+
 def test_relative_mode_cancels_a_slower_machine():
     rng = np.random.default_rng(7)
     drift_b, drift_c = np.exp(rng.normal(0, 0.02, 60)), np.exp(rng.normal(0, 0.02, 60))

@@ -14,7 +14,7 @@ from cli_helpers import one_line_error, run_cli
 from xprune.bench.gate import decide_accuracy, gate, run_gate
 from xprune.bench.results import new_results, validate, write_results
 from xprune.errors import XpruneError
-from xprune.evaluate.bootstrap import image_matches
+from xprune.evaluate.image_matches import image_matches
 
 
 def _world(n_img=60, seed=0):

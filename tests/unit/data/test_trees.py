@@ -13,10 +13,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cli_helpers import one_line_error, run_cli
-from xprune.data import trees
+from xprune.data import deepforest_data
 from xprune.data.coco import CocoDetectionSet, calibration_set
-from xprune.data.trees import (SOURCES, FolderData, SourceImage, TreesConfig, TreeSource, WheelData, build_trees,
-                               clip_box, locate_sample_data, tile_source, tile_starts)
+from xprune.data.deepforest_data import FolderData, WheelData, locate_sample_data
+from xprune.data.trees import (SOURCES, SourceImage, TreesConfig, TreeSource, build_trees, clip_box, tile_source,
+                               tile_starts)
 from xprune.errors import XpruneError
 
 TILE = TreesConfig(tile=64, overlap=0.25, calib=5)  # stride 48
@@ -165,7 +166,9 @@ def test_reuse_overwrite_and_rebuild_on_change(tmp_path, fake_folder):
     assert build_trees(out, TILE, data=data).reused
     assert marker.stat().st_mtime_ns == mtime
     assert not build_trees(out, TILE, data=data, overwrite=True).reused
-    assert not build_trees(out, TreesConfig(tile=64, overlap=0.0, calib=5), data=data).reused
+    assert not build_trees(out, TreesConfig(tile=64, overlap=0.0, calib=5), data=data).reused  # other inputs: rebuilt
+    assert json.loads((out / "trees.json").read_text())["config"]["overlap"] == 0.0
+    assert build_trees(out, TreesConfig(tile=64, overlap=0.0, calib=5), data=data).reused
     im = Image.open(fake_folder / "OSBS_029.png")
     im.rotate(90).save(fake_folder / "OSBS_029.png")  # a changed sample file is a different dataset
     assert not build_trees(out, TreesConfig(tile=64, overlap=0.0, calib=5), data=data).reused
@@ -234,7 +237,7 @@ def test_installed_package_is_found_not_imported(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_installed_deepforest(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setattr(trees, "find_spec", lambda name: None)
+    monkeypatch.setattr(deepforest_data, "find_spec", lambda name: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "cache" / "xprune"
 
@@ -332,10 +335,11 @@ def test_cli_bad_overlap_is_one_line(tmp_path, capsys):
 
 
 def real_sample_data():
-    if trees.installed_data_folder() is not None:
+    if deepforest_data.installed_data_folder() is not None:
         return locate_sample_data()
-    for folder in (Path("/tmp/wheels"), trees.default_cache_dir()):
-        wheels = sorted(folder.glob(f"deepforest-{trees.DEEPFOREST_VERSION}-*.whl")) if folder.is_dir() else []
+    pattern = f"deepforest-{deepforest_data.DEEPFOREST_VERSION}-*.whl"
+    for folder in (Path("/tmp/wheels"), deepforest_data.default_cache_dir()):
+        wheels = sorted(folder.glob(pattern)) if folder.is_dir() else []
         if wheels:
             return WheelData(wheels[0])
     pytest.skip("no deepforest package or wheel on this machine")

@@ -16,7 +16,9 @@ from pycocotools.coco import COCO
 
 from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
-from xprune.evaluate.bootstrap import ImageMatches, delta_interval, image_matches, map_interval
+from xprune.evaluate.bootstrap import (ImageBootstrap, delta_interval, map_interval, percentile_interval,
+                                       resample_indices)
+from xprune.evaluate.image_matches import ImageMatches, image_matches
 from xprune.evaluate.coco_map import coco_map, evaluate_predictions
 
 
@@ -224,6 +226,21 @@ def test_interval_contains_the_estimate_and_is_reproducible():
     assert lo <= lo90 and hi90 <= hi
     with pytest.raises(XpruneError, match="at least 2 images"):
         map_interval(image_matches(gt, results, ids[:1]))
+
+
+def test_one_bootstrap_serves_many_intervals_with_the_same_numbers():
+    """ImageBootstrap draws its resamples once and scores each evaluation once; its intervals are the one-off
+    functions' to the last bit, whatever order they are asked in."""
+    gt, results, ids = _world(n_img=30, seed=10)
+    base, cand = image_matches(gt, results, ids), image_matches(gt, results[::2], ids)
+    boot = ImageBootstrap(resamples=150, confidence=0.9, seed=4)
+    assert boot.delta_interval(base, cand) == delta_interval(base, cand, resamples=150, confidence=0.9, seed=4)
+    assert boot.map_interval(cand) == map_interval(cand, resamples=150, confidence=0.9, seed=4)
+    assert boot.map_interval(base) == percentile_interval(base.resampled_maps(resample_indices(30, 150, 4)), 0.9)
+    assert boot.indices(30) is boot.indices(30) and boot.resampled(base) is boot.resampled(base)
+    for bad in [dict(resamples=0), dict(resamples=10.0), dict(confidence=1.0), dict(confidence=0)]:
+        with pytest.raises(XpruneError, match="resamples|confidence"):
+            ImageBootstrap(**bad)
 
 
 def test_identical_models_have_a_zero_delta_with_a_degenerate_interval():

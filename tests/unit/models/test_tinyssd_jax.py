@@ -86,7 +86,7 @@ def test_loss_is_finite_and_leaves_batchnorm_statistics_alone(det):
 
 @pytest.mark.slow  # the full suite runs it; the fast loop stays under two minutes
 def test_loss_decreases_in_a_few_training_steps():
-    from xprune.models.jax.train import TrainConfig, make_optimizer, make_train_step
+    from xprune.train.jax_loop import TrainConfig, make_optimizer, make_train_step
 
     d = build_detector("tinyssd-jax", "none", num_classes=CLASSES, input_size=SIZE)
     d.model.train()
@@ -105,7 +105,7 @@ def test_loss_decreases_in_a_few_training_steps():
 
 @pytest.mark.slow
 def test_training_checkpoints_every_epoch_and_resumes_where_it_stopped(synth_data, tmp_path):
-    from xprune.models.jax.train import LAST_FILE, train_tinyssd
+    from xprune.train.jax_loop import LAST_FILE, train_tinyssd
 
     kwargs = dict(epochs=2, size=SIZE, batch_size=4, eval_every=0)
     straight = train_tinyssd(synth_data, log_path=tmp_path / "a.log", work_dir=tmp_path / "a", log=lambda m: None,
@@ -130,7 +130,7 @@ def test_training_checkpoints_every_epoch_and_resumes_where_it_stopped(synth_dat
     assert all(np.array_equal(v, _state(b)[k]) for k, v in _state(a).items())
     assert [ln.split(" time")[0] for ln in (tmp_path / "a.log").read_text().splitlines()] == \
         [ln.split(" time")[0] for ln in (tmp_path / "b.log").read_text().splitlines()]
-    with pytest.raises(XpruneError, match="other settings"):
+    with pytest.raises(XpruneError, match=r"training state of another run \(its settings\.lr differs\)"):
         train_tinyssd(synth_data, log_path=tmp_path / "b.log", work_dir=tmp_path / "b", lr=1e-4, **kwargs)
 
 
@@ -297,7 +297,7 @@ def exported(tmp_path_factory):
     unfolded and folded."""
     pytest.importorskip("jax2onnx")
     from xprune.export.onnx_export import export_onnx
-    from xprune.models.jax.scoring import conv_facts
+    from xprune.importance.scores import conv_facts
 
     d = build_detector("tinyssd-jax", "none", num_classes=CLASSES, input_size=SIZE)
     doc = score_layers(d, "l1")

@@ -13,7 +13,8 @@ from xprune.data.coco import calibration_set
 from xprune.errors import XpruneError
 from xprune.evaluate.coco_map import evaluate_map
 from xprune.importance.scores import score_layers
-from xprune.prune.budget import budget_plan, held_out_split, scored_calib_images, search_rate
+from xprune.prune.budget import budget_plan, held_out_split, scored_calib_images
+from xprune.prune.budget_search import search_rate
 from xprune.prune.plan import float64_probe, outputs_depend_on_input, plan_pruning
 
 SIZE = 64  # the input size of the `yolo` fixture (conftest.py)

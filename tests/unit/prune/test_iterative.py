@@ -10,7 +10,10 @@ import torch
 from cli_helpers import run_cli
 from xprune.errors import XpruneError
 from xprune.models import build_detector, load_checkpoint
-from xprune.prune.budget import check_step_rate, iterative_search
+from xprune.prune import budget
+from xprune.prune.budget_search import check_step_rate, iterative_search
+from xprune.prune.finetune import FinetuneSettings
+from xprune.resume import Stamp
 
 SIZE = 64  # the input size of the `yolo` fixture (conftest.py)
 
@@ -82,6 +85,37 @@ def test_nothing_within_budget_leaves_the_detector_as_it_came(yolo, l1):
 def test_bad_step_rate(bad):
     with pytest.raises(XpruneError, match="step-rate"):
         check_step_rate(bad)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_steps_of_another_search_are_refused_and_a_finished_search_leaves_nothing(yolo, l1, synth_data, tmp_path,
+                                                                                  monkeypatch):
+    work = tmp_path / "steps"
+    args = dict(settings=FinetuneSettings(epochs=1, batch_size=2), work_dir=work, policy="all", held_out_images=2,
+                train_images=2, max_rate=0.1)
+
+    def interrupted(*a, **k):
+        raise Interrupted
+
+    monkeypatch.setattr(budget, "iterative_search", interrupted)
+    with pytest.raises(Interrupted):
+        budget.iterative_budget_plan(yolo, l1, synth_data, 0.1, step_rate=0.05, **args)
+    recorded = Stamp(work / "search.json", {}, "").recorded()
+    assert recorded["settings"]["step_rate"] == 0.05 and {"model", "scores"} <= recorded.keys()
+    (work / "step-3-0123456789ab.state.pt").write_bytes(b"a step's training state")
+    with pytest.raises(XpruneError, match=r"another run \(its settings.step_rate differs\)"):
+        budget.iterative_budget_plan(yolo, l1, synth_data, 0.1, step_rate=0.1, **args)
+    with pytest.raises(Interrupted):  # the same inputs get past the stamp to replay their steps
+        budget.iterative_budget_plan(yolo, l1, synth_data, 0.1, step_rate=0.05, **args)
+
+    (work / "step-3-0123456789ab.state.json").write_text("{}")
+    monkeypatch.setattr(budget, "iterative_search", lambda *a, **k: type("Nothing", (), {"plan": None})())
+    with pytest.raises(XpruneError, match="no step keeps the mAP drop within 0.1 after fine-tuning"):
+        budget.iterative_budget_plan(yolo, l1, synth_data, 0.1, step_rate=0.05, **args)
+    assert not work.exists()  # finished: the steps, their stamps and the search's stamp are gone
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from cli_helpers import one_line_error, run_cli
 from xprune.errors import XpruneError
 from xprune.importance.scores import score_layers
 from xprune.models import build_detector
-from xprune.prune.branches import FoldAnalysis
+from xprune.export.fold.analysis import FoldAnalysis
 from xprune.prune.plan import (NO_GAIN_REASON, SKIP_REASON, Plan, Selection, float64_probe, outputs_depend_on_input,
                                plan_pruning, plans_for_rates, ranked_candidates, zeroed)
 

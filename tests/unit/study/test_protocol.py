@@ -132,7 +132,7 @@ def test_peer_export_leaves_torch_threads_as_it_found_them(tmp_path):
 def _toy_matches(images: int = 24, miss: float = 0.0, seed: int = 0, clutter: int = 0, crowd: bool = False):
     """Per-image matches of made-up detections on made-up ground truth; `miss`: the share of objects not found,
     `clutter`: false detections per image, `crowd`: a crowd region on every third image, detected."""
-    from xprune.evaluate.bootstrap import image_matches
+    from xprune.evaluate.image_matches import image_matches
 
     rng = np.random.default_rng(seed)
     imgs: list[dict] = []
@@ -177,6 +177,19 @@ def test_intervals_hold_the_estimate_and_pair_the_difference():
     assert again.map_interval(good) == (low, high), "seeded: the same interval every time"
     with pytest.raises(XpruneError, match="different images"):
         iv.delta_interval(good, _toy_matches(images=10))
+
+
+def test_study_intervals_are_the_evaluate_bootstrap():
+    """One bootstrap: the study's intervals are the numbers `xprune.evaluate.bootstrap` gives on the same seed."""
+    from xprune.evaluate.bootstrap import delta_interval, map_interval
+    from xprune.study.intervals import Intervals
+
+    good, worse = _toy_matches(), _toy_matches(miss=0.5)
+    iv = Intervals(resamples=150, confidence=0.9, seed=2)
+    assert iv.map_interval(worse) == map_interval(worse, resamples=150, confidence=0.9, seed=2)
+    assert iv.delta_interval(good, worse) == delta_interval(good, worse, resamples=150, confidence=0.9, seed=2)
+    assert iv.describe() == {"method": "percentile bootstrap over val images, paired for ΔmAP", "resamples": 150,
+                             "confidence": 0.9, "seed": 2}
 
 
 def test_add_intervals_fills_every_variant_and_pairs_with_the_baseline_on_the_same_runtime():

@@ -132,11 +132,32 @@ def test_cli_resume_refusal_is_one_line(tmp_path, synth_data, capsys):
 
 
 def test_large_families_join_the_default_study_where_their_reference_is(monkeypatch):
-    import xprune.models.jax as jax_family
     import xprune.reference as reference
-    monkeypatch.setattr(jax_family, "jax_available", lambda: True)
+    from xprune.models.zoo import Family
+    monkeypatch.setattr(Family, "available", lambda self: True)
     monkeypatch.setattr(reference, "reference_models", lambda dataset="synth": {})
     assert "ssd-resnet50" not in default_models()
     monkeypatch.setattr(reference, "reference_models", lambda dataset="synth": {"ssd-resnet50": {}})
     models = default_models()
     assert models[-1] == "ssd-resnet50" and "retinanet-r50-fpn" not in models and "yolov8n" in models
+
+
+def test_the_first_difference_is_named_and_an_unset_setting_is_no_difference(tmp_path):
+    from xprune.study.resume import kept_models
+    from xprune.study.settings import FORMAT
+    header = {"format": FORMAT, "settings": {"rates": [0.0, 0.1], "out": "a"}, "dataset": "synth",
+              "dataset_stats": {"images": 8}, "threads": 1, "backends": ["torch"],
+              "environment": {"cpu": "x", "libraries": {"torch": "2.4"}, "timestamp": "t"},
+              "models": [{"model": "m", "weights": {"sha256": "s"}}], "rows": [{"model": "m", "rate": 0.0}]}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(header))
+    # tuples read back as lists, an uncompared setting and one an older study did not have are no difference
+    same = {**header, "settings": {"rates": (0.0, 0.1), "out": "b", "added_later": None}}
+    assert list(kept_models(path, same, lambda name: "s", lambda line: None)) == ["m"]
+    for change, message in [({"settings": {"rates": [0.0]}}, "its setting 'rates' differs"),
+                            ({"dataset_stats": {"images": 9}}, "its 'dataset_stats.images' differs"),
+                            ({"environment": {"cpu": "x", "libraries": {"torch": "2.5"}}},
+                             "its machine's libraries.torch differs")]:
+        with pytest.raises(XpruneError, match=message) as e:
+            kept_models(path, {**header, **change}, lambda name: "s", lambda line: None)
+        assert "\n" not in str(e.value)

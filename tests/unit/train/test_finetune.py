@@ -13,7 +13,7 @@ from xprune.data.coco import CocoDetectionSet
 from xprune.errors import XpruneError
 from xprune.models import build_detector, load_checkpoint, save_checkpoint
 from xprune.models.detector import Detector
-from xprune.prune.branches import FoldAnalysis
+from xprune.export.fold.analysis import FoldAnalysis
 from xprune.prune.finetune import FinetuneSettings, ZeroMask, finetune_checkpoint, finetune_layers, state_path_for
 
 SIZE = 64
@@ -128,7 +128,7 @@ def test_finetune_checkpoint_resumes_keeps_zeros_and_folds_the_same(tmp_path, ca
         finetune_checkpoint("yolov8n", path, synth_data, 2, out, log=stop_after_first_epoch, **args)
     assert state_path_for(out).is_file() and not out.exists()
     other = dict(args, settings=FinetuneSettings(epochs=2, batch_size=2))
-    with pytest.raises(XpruneError, match="another fine-tuning run"):
+    with pytest.raises(XpruneError, match=r"training state of another run \(its settings.batch_size differs\)"):
         finetune_checkpoint("yolov8n", path, synth_data, 2, out, log=lambda m: None, **other)
 
     code, stdout, err = run_cli(["finetune", "--model", "yolov8n", "--weights", str(path), "--data", str(synth_data),
@@ -142,7 +142,7 @@ def test_finetune_checkpoint_resumes_keeps_zeros_and_folds_the_same(tmp_path, ca
     assert report["plan"]["selected"] and [e["layer"] for e in report["plan"]["selected"]] == layers
     assert {"val_map_before", "val_map_after", "seconds_per_epoch"} <= report.keys()
     assert [h["epoch"] for h in report["history"]] == [1, 2]
-    assert not state_path_for(out).exists()  # finished: nothing left to resume
+    assert not state_path_for(out).exists() and not state_path_for(out).with_suffix(".json").exists()  # finished
 
     tuned = load_checkpoint(out, "yolov8n")
     assert tuned.meta["pruning"]["selected"] == report["plan"]["selected"]

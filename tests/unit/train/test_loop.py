@@ -51,10 +51,17 @@ def test_state_from_other_settings_and_bad_epochs_are_refused(synth_data, tmp_pa
     train = CocoDetectionSet.from_folder(synth_data, "train", 128, limit=4)
     det = _detector(train)
     train_detector(det, train, TrainSettings(epochs=1, batch_size=4), tmp_path / "s.pt", log=lambda line: None)
-    with pytest.raises(XpruneError, match="other settings"):
+    assert (tmp_path / "s.json").is_file()  # the stamp beside the state names the inputs that made it
+    with pytest.raises(XpruneError, match=r"training state of another run \(its settings.epochs differs\)"):
         train_detector(det, train, TrainSettings(epochs=3, batch_size=4), tmp_path / "s.pt", log=lambda line: None)
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(XpruneError, match=r"another run \(its weights differs\)"):  # what the caller adds counts
+        train_detector(det, train, TrainSettings(epochs=1, batch_size=4), tmp_path / "s.pt", log=lambda line: None,
+                       inputs={"weights": "another"})
+    (tmp_path / "s.pt").write_bytes(b"not a checkpoint")  # a state of the same inputs that cannot be read
     with pytest.raises(XpruneError, match="cannot resume"):
+        train_detector(det, train, TrainSettings(epochs=1, batch_size=4), tmp_path / "s.pt", log=lambda line: None)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")  # a state without a stamp: whose it is, is unknown
+    with pytest.raises(XpruneError, match="no record of its inputs"):
         train_detector(det, train, TrainSettings(epochs=1, batch_size=4), tmp_path / "bad.pt", log=lambda line: None)
     with pytest.raises(XpruneError, match="epochs must be positive"):
         train_detector(det, train, TrainSettings(epochs=0), tmp_path / "z.pt")

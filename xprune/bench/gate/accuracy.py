@@ -35,7 +35,7 @@ def decide_accuracy(delta: float, low: float, high: float, max_drop: float) -> s
 
 
 def row_matches(row: dict, side: str, label: str):
-    from xprune.evaluate.bootstrap import ImageMatches
+    from xprune.evaluate.image_matches import ImageMatches
 
     d = row.get("map_matches")
     if d is None:
@@ -47,7 +47,8 @@ def row_matches(row: dict, side: str, label: str):
 
 def judge_accuracy(baseline_row: dict, current_row: dict, label: str, max_drop: float, confidence: float,
                    resamples: int, seed: int) -> AccuracyVerdict:
-    from xprune.evaluate.bootstrap import check_same_dataset, delta_interval
+    from xprune.evaluate.bootstrap import delta_interval
+    from xprune.evaluate.image_matches import check_same_dataset
 
     base, cur = row_matches(baseline_row, "baseline", label), row_matches(current_row, "current", label)
     check_same_dataset(base, cur, f"baseline and current of {label}")

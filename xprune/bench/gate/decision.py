@@ -11,6 +11,7 @@ import numpy as np
 from xprune.bench.gate.accuracy import AccuracyVerdict, check_accuracy_params, judge_accuracy
 from xprune.bench.gate.render import verdict_markdown
 from xprune.bench.gate.statistics import median_ratio, spread
+from xprune.bench.gate.workload import reference_workload, workload_name, workloads_differ
 from xprune.bench.results import ROW_KEY, describe_key, row_key, validate
 from xprune.errors import XpruneError
 
@@ -109,7 +110,8 @@ def decide(ratio: float, ci_low: float, ci_high: float, max_regression: float) -
     return "pass"
 
 
-def _check_params(max_regression: float, confidence: float, resamples: int, relative) -> None:
+def check_gate_params(max_regression: float, confidence: float, resamples: int, relative) -> None:
+    """The settings both gate modes share: tolerance, confidence, latency resamples, relative mode."""
     if not (isinstance(max_regression, (int, float)) and 0 <= max_regression < 1):
         raise XpruneError(f"max_regression must be in [0, 1), got {max_regression}")
     if not (isinstance(confidence, (int, float)) and 0.5 < confidence < 1):
@@ -160,25 +162,11 @@ def _judge_row(key: tuple, b: dict, c: dict, relative: Relative, max_regression:
         current_median_ms=float(np.median(c_ms)), reference_ratio=ref_ratio, reference_spread=ref_spread)
 
 
-def _reference_workload(doc: dict):
-    protocol = doc.get("protocol")
-    return protocol.get("reference_workload") if isinstance(protocol, dict) else None
-
-
-def _workload_identity(desc) -> object:
-    # thread count follows the model's setting and is part of the model's row, not of the workload's identity
-    return {k: v for k, v in desc.items() if k != "threads"} if isinstance(desc, dict) else desc
-
-
-def _workload_name(desc) -> str:
-    return f"{desc.get('name')} v{desc.get('version')}" if isinstance(desc, dict) else str(desc)
-
-
 def _check_same_reference(baseline_doc: dict, current_doc: dict) -> None:
-    wb, wc = _reference_workload(baseline_doc), _reference_workload(current_doc)
-    if wb is not None and wc is not None and _workload_identity(wb) != _workload_identity(wc):
-        raise XpruneError(f"baseline and current timed different reference workloads ({_workload_name(wb)} vs "
-                          f"{_workload_name(wc)}); their relative latencies do not compare")
+    wb, wc = reference_workload(baseline_doc), reference_workload(current_doc)
+    if workloads_differ(wb, wc):
+        raise XpruneError(f"baseline and current timed different reference workloads ({workload_name(wb)} vs "
+                          f"{workload_name(wc)}); their relative latencies do not compare")
 
 
 def gate(baseline_doc: dict, current_doc: dict, max_regression: float = 0.05, confidence: float = 0.95,
@@ -191,7 +179,7 @@ def gate(baseline_doc: dict, current_doc: dict, max_regression: float = 0.05, co
     (XpruneError otherwise); False always compares milliseconds. With `max_map_drop`, every pair must also carry
     its per-image evaluation (`xprune bench --data`), and a row whose mAP fell by more than that regresses too.
     Deterministic for a given seed."""
-    _check_params(max_regression, confidence, resamples, relative)
+    check_gate_params(max_regression, confidence, resamples, relative)
     check_accuracy_params(max_map_drop, map_resamples)
     validate(baseline_doc, "baseline")
     validate(current_doc, "current")

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from xprune.bench.gate.accuracy import AccuracyVerdict, check_accuracy_params, judge_accuracy
-from xprune.bench.gate.decision import (CONTENDED_SPREAD, Relative, _check_params, _workload_identity,
-                                        _workload_name, accuracy_method, accuracy_warnings)
+from xprune.bench.gate.decision import CONTENDED_SPREAD, Relative, accuracy_method, accuracy_warnings, check_gate_params
 from xprune.bench.gate.statistics import (MIN_LOG_SPREAD, detectable_log_shift, history_factor, history_rank,
                                           robust_center_spread, spread)
+from xprune.bench.gate.workload import reference_workload, workload_name, workloads_differ
 from xprune.bench.results import ROW_KEY, describe_key, read_results, row_key, validate
 from xprune.errors import XpruneError
 from xprune.files import display_path, read_json, write_json
@@ -108,20 +108,15 @@ def record_run(history_dir: str | Path, run_path: str | Path,
                               f"history in {folder} holds runs of "
                               f"{'; '.join(describe_key(k) for k in _keys(last))}: keep one history per model and "
                               f"runner type")
-        wl, wn = _workload(last), _workload(doc)
-        if wl is not None and wn is not None and _workload_identity(wl) != _workload_identity(wn):
-            raise XpruneError(f"{run_path} timed reference workload {_workload_name(wn)}, the history in {folder} "
-                              f"{_workload_name(wl)}: start a new history")
+        wl, wn = reference_workload(last), reference_workload(doc)
+        if workloads_differ(wl, wn):
+            raise XpruneError(f"{run_path} timed reference workload {workload_name(wn)}, the history in {folder} "
+                              f"{workload_name(wl)}: start a new history")
     stamp = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
     target = folder / f"run-{stamp.strftime('%Y%m%dT%H%M%S%fZ')}-{sha[:12]}.json"
     write_json(target, {"format": HISTORY_FORMAT, "recorded_at": stamp.isoformat(timespec="microseconds"),
                         "source": display_path(run_path), "sha256": sha, "run": doc})
     return target, True, len(records) + 1
-
-
-def _workload(doc: dict):
-    protocol = doc.get("protocol")
-    return protocol.get("reference_workload") if isinstance(protocol, dict) else None
 
 
 @dataclass
@@ -216,7 +211,7 @@ def history_gate(history_docs: list[dict], current_doc: dict, max_regression: fl
     """Judge `current_doc` against the runs in `history_docs` (results documents, oldest first); see the module
     docstring. Unusable input (too few runs, runs of another model, missing reference or mAP data) raises
     XpruneError. With `max_map_drop`, each row's mAP is compared with the most recent history run's."""
-    _check_params(max_regression, confidence, 2000, relative)
+    check_gate_params(max_regression, confidence, 2000, relative)
     _check_history_params(false_alarm, window, min_history)
     check_accuracy_params(max_map_drop, map_resamples)
     validate(current_doc, "current")
@@ -250,12 +245,12 @@ def history_gate(history_docs: list[dict], current_doc: dict, max_regression: fl
                               f"of {label}; record them with --reference-workload or use absolute mode")
         use_rel = has_ref and relative is not False
         if use_rel:
-            wc = _workload(current_doc)
+            wc = reference_workload(current_doc)
             for d, _ in used:
-                wh = _workload(d)
-                if wc is not None and wh is not None and _workload_identity(wc) != _workload_identity(wh):
+                wh = reference_workload(d)
+                if workloads_differ(wc, wh):
                     raise XpruneError(f"the current run and {where} timed different reference workloads "
-                                      f"({_workload_name(wc)} vs {_workload_name(wh)})")
+                                      f"({workload_name(wc)} vs {workload_name(wh)})")
         stats = [_statistic(r, use_rel) for _, r in used]
         logs = [math.log(v) for v in stats]
         center, sd = robust_center_spread(logs)

@@ -12,10 +12,10 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from xprune.errors import XpruneError
-from xprune.export.fold.graph import (LINEAR_OPS, first_line, fresh_name, import_with_shapes, is_default_domain,
+from xprune.export.fold.graph import (first_line, fresh_name, import_with_shapes, is_default_domain,
                                       names_read_in_subgraphs, static_shape, to_model)
+from xprune.export.fold.rules import constant_bias, never_folded, weight_operands
 
-NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 BROADCAST_OPS = ("Add", "Sub", "Mul", "Div")
 
 
@@ -47,18 +47,15 @@ def constant_outputs_of_zero_weights(graph: gs.Graph) -> int:
 
 
 def _zero_weight_output(node: gs.Node) -> np.ndarray | None:
-    out = static_shape(node.outputs[0]) if node.outputs else None
-    if node.op not in LINEAR_OPS or not is_default_domain(node) or out is None or len(node.inputs) < 2:
-        return None
-    operands = node.inputs[1:2] if node.op in ("Conv", "ConvTranspose") else node.inputs[:2]
+    operands = weight_operands(node)
     zero = [t.values for t in operands if isinstance(t, gs.Constant) and not np.any(t.values)]
-    if not zero:
+    usable, bias = constant_bias(node)
+    if not zero or not usable:
         return None
+    out = static_shape(node.outputs[0])
     value = np.zeros(out, dtype=zero[0].dtype)
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        if not isinstance(node.inputs[2], gs.Constant):
-            return None
-        add = node.inputs[2].values
+    if bias is not None:
+        add = bias.values
         if node.op == "Gemm":
             add = np.asarray(node.attrs.get("beta", 1.0), dtype=add.dtype) * add
         else:
@@ -75,9 +72,6 @@ def _make_constant(tensor: gs.Tensor, value: np.ndarray) -> None:
 def fold_constants(graph: gs.Graph) -> gs.Graph:
     """onnx-graphsurgeon's constant folding (evaluated by onnxruntime), then its cleanup. Never folded: random ops,
     control flow, other domains; onnx-graphsurgeon also keeps Q/DQ nodes (runtimes fuse them into int8 kernels)."""
-    def never_folded(node: gs.Node) -> bool:
-        return node.op in NEVER_FOLD or not is_default_domain(node) or any(True for _ in node.subgraphs())
-
     graph.toposort()
     try:
         with G_LOGGER.suppress(), _quiet_onnxruntime():

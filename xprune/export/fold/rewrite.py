@@ -6,6 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from xprune.export.fold.graph import fresh_name, is_default_domain, names_read_in_subgraphs, replace_input, static_shape
+from xprune.export.fold.rules import absorbing_convs, channels, slice_absorbable
 
 NEUTRAL = {"Add": (0, True), "Sub": (0, False), "Mul": (1, True), "Div": (1, False)}  # op: (neutral, commutes)
 
@@ -14,11 +15,11 @@ def drop_neutral_ops(graph: gs.Graph) -> int:
     """Identity(x), x+0, 0+x, x-0, x*1, 1*x, x/1 become x, where the constant does not broadcast x to a larger
     shape. Returns how many ops were bypassed (cleanup() removes them)."""
     sub_reads = names_read_in_subgraphs(graph)
-    return sum(1 for node in list(graph.nodes) if (x := _neutral_operand(node)) is not None
+    return sum(1 for node in list(graph.nodes) if (x := neutral_operand(node)) is not None
                and _bypass(graph, node, x, sub_reads))
 
 
-def _neutral_operand(node: gs.Node) -> gs.Tensor | None:
+def neutral_operand(node: gs.Node) -> gs.Tensor | None:
     """The x of a neutral op on a computed tensor x, or None."""
     if not is_default_domain(node) or len(node.outputs) != 1:
         return None
@@ -57,30 +58,22 @@ def _bypass(graph: gs.Graph, node: gs.Node, x: gs.Tensor, sub_reads: set[str]) -
 
 def absorb_constant_concat_slices(graph: gs.Graph) -> int:
     """Concat (axis 1) whose every reader is a group-1 Conv reading it as data: a constant input of the Concat is
-    dropped, and the Convs lose those input channels, when the slice is all zero (any kernel and padding) or uniform
-    per channel over batch and space while no Conv pads (pads 0, auto_pad VALID, or SAME with a 1x... kernel); then
-    the slice adds the same amount at every output pixel, which goes into the bias. A uniform slice under a padded
-    kernel > 1 differs at the border and is left alone. Returns how many Concat inputs were absorbed."""
+    dropped, and the Convs lose those input channels, where `rules.slice_absorbable` says so (all zero, or uniform
+    per channel while no Conv pads). Returns how many Concat inputs were absorbed."""
     sub_reads = names_read_in_subgraphs(graph)
     absorbed = 0
     for cat in [n for n in graph.nodes if n.op == "Concat" and is_default_domain(n)]:
         out = cat.outputs[0]
+        if out in graph.outputs or out.name in sub_reads:
+            continue
+        convs = absorbing_convs(cat, list(out.outputs))
+        if convs is None:
+            continue
         in_shapes = [static_shape(t) for t in cat.inputs]
-        if out in graph.outputs or out.name in sub_reads or any(s is None or len(s) < 3 for s in in_shapes):
-            continue
-        rank, total = len(in_shapes[0]), sum(s[1] for s in in_shapes)
-        convs = list(out.outputs)
-        if cat.attrs.get("axis", 0) % rank != 1 or not convs or not all(
-                _plain_conv(c, out, rank, total) for c in convs):
-            continue
         drop, offset = {}, 0  # Concat input index -> (first channel, per-channel value)
         for k, (t, s) in enumerate(zip(cat.inputs, in_shapes)):
-            if isinstance(t, gs.Constant) and t.values.dtype == convs[0].inputs[1].values.dtype:
-                v = t.values
-                ref = v[(slice(0, 1), slice(None)) + (slice(0, 1),) * (rank - 2)]
-                uniform = np.all(np.isfinite(v)) and np.array_equal(v, np.broadcast_to(ref, v.shape))
-                if not np.any(v) or (uniform and all(_padding_free(c) for c in convs)):
-                    drop[k] = (offset, ref.reshape(-1))
+            if isinstance(t, gs.Constant) and slice_absorbable(t.values, s, convs):
+                drop[k] = (offset, channels(t.values, s))
             offset += s[1]
         if not drop or len(drop) == len(cat.inputs):
             continue
@@ -98,26 +91,6 @@ def absorb_constant_concat_slices(graph: gs.Graph) -> int:
             cat.outputs[0] = new_out
         absorbed += len(drop)
     return absorbed
-
-
-def _plain_conv(node: gs.Node, data: gs.Tensor, rank: int, channels: int) -> bool:
-    """A group-1 Conv reading `data` only as its data input, with a constant float weight (and bias)."""
-    if node.op != "Conv" or not is_default_domain(node) or len(node.inputs) < 2:
-        return False
-    w, bias = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
-    return (node.inputs[0] is data and sum(t is data for t in node.inputs) == 1 and node.attrs.get("group", 1) == 1
-            and isinstance(w, gs.Constant) and w.values.dtype.kind == "f" and w.values.ndim == rank
-            and w.shape[1] == channels and (bias is None or bias.is_empty() or isinstance(bias, gs.Constant)))
-
-
-def _padding_free(conv: gs.Node) -> bool:
-    auto = conv.attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto == "VALID":
-        return True
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        return all(k == 1 for k in conv.inputs[1].shape[2:])
-    return not any(conv.attrs.get("pads", []))
 
 
 def _drop_input_channels(graph: gs.Graph, conv: gs.Node, slices: list[tuple[int, np.ndarray]]) -> None:

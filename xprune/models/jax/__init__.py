@@ -1,25 +1,24 @@
-"""JAX/Flax detector families (extra `jax`): TinySSD in `flax.nnx`, behind the same score -> prune -> export ->
-fold -> bench path as the PyTorch families.
+"""JAX/Flax detector families (extra `jax`): TinySSD in `flax.nnx`, behind the same `Detector` interface as the
+PyTorch families, so scoring, pruning, export, the fold and bench take it without asking which framework it is.
 
 Importing this package does not import JAX: the zoo lists the JAX families and the runtime registry names the `jax`
 backend on machines without it, and every entry point calls `require_jax()` first, so a missing extra is one line.
 
-Where the shared pipeline needs to tell a JAX detector apart (scoring, the pruning plan, checkpoints, export),
-it asks `is_jax(detector)` and calls the module of this package that does the same work in JAX:
-
     tinyssd.py     the model (nnx), its anchors, multibox decoding and loss
-    detector.py    `JaxDetector`: the `Detector` interface (raw, predict, loss, conv_layers) over an nnx module
-    scoring.py     attr / taylor / l1 / random scores and the per-layer facts of scores.json
+    jitted.py      the module as pure jitted functions of (graphdef, state)
+    detector.py    `JaxDetector`: the `Detector` interface over an nnx module
     pruning.py     zeroing in the parameter tree, the float64 dependence check of the safe policy
+    counting.py    conv types, params and MACs, counted as ptflops counts a PyTorch conv
     checkpoint.py  msgpack checkpoints (flax.serialization)
-    export.py      ONNX through jax2onnx, then xprune's slim + fold
-    train.py       the optax training loop of the reference checkpoint
+    export.py      the raw head path as ONNX through jax2onnx
+
+What is a stage's work lives in that stage: the JAX criteria in `xprune.importance.criteria.jax_criteria`, the
+optax training loop in `xprune.train.jax_loop`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from xprune.errors import XpruneError
 
@@ -43,8 +42,3 @@ def jax_available() -> bool:
     except XpruneError:
         return False
     return True
-
-
-def is_jax(detector: Any) -> bool:
-    """True for a detector whose parameters live in a Flax module (a `JaxDetector`), not in a torch one."""
-    return getattr(detector, "framework", None) == FRAMEWORK

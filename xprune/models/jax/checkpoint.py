@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import numpy as np
@@ -17,7 +17,9 @@ from flax import nnx, serialization
 from xprune.errors import XpruneError
 from xprune.files import atomic_path
 from xprune.models.jax import CHECKPOINT_SUFFIX
-from xprune.models.jax.detector import JaxDetector
+
+if TYPE_CHECKING:
+    from xprune.models.jax.detector import JaxDetector
 
 CHECKPOINT_FORMAT = "xprune-jax-checkpoint-1"
 
@@ -77,7 +79,8 @@ def load_state(det: JaxDetector, state: dict, path: str | os.PathLike) -> None:
     nnx.update(det.model, current)
 
 
-def load_checkpoint(path: str | os.PathLike, name: str, build, input_size: int | None = None) -> JaxDetector:
+def load_checkpoint(path: str | os.PathLike, name: str, build: Callable[[int, int], JaxDetector],
+                    input_size: int | None = None) -> JaxDetector:
     """`build(num_classes, input_size)` makes the randomly initialised detector the state goes into."""
     doc = read_checkpoint(path)
     if doc.get("family") != name:

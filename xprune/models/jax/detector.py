@@ -1,67 +1,31 @@
 """`JaxDetector`: the common `Detector` interface over a Flax nnx module.
 
-The module is run as pure functions of (graphdef, state): `nnx.split` gives the static graph and the arrays
-(parameters and BatchNorm statistics), and the jitted functions are cached per (graphdef, input size), so zeroing
-a conv in the state or copying the detector does not recompile. Inputs and outputs at the interface are what the
-PyTorch families take and give (torch tensors or numpy arrays in, torch tensors out), so the shared post-process,
-COCO evaluation and budget search run unchanged.
+The module runs as the pure jitted functions of `xprune.models.jax.jitted`. Inputs and outputs at the interface are
+what the PyTorch families take and give (torch tensors or numpy arrays in, torch tensors out), so the shared
+post-process, COCO evaluation and budget search run unchanged; what pruning, export and the stages' counts need
+from the model (zeroing by conv name, the float64 dependence check, the ONNX graph, MACs, checkpoints) is
+implemented here over the parameter tree.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import copy
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
 import torch
 from flax import nnx
 
 from xprune.models.detector import Detector, postprocess
-from xprune.models.jax import FRAMEWORK
-from xprune.models.jax.tinyssd import Targets, anchors, multibox_loss, raw_outputs
-
-
-def as_numpy(x: Any) -> np.ndarray:
-    """An image batch as float32 numpy (torch tensors are detached and moved to the CPU first)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
-def split_eval(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
-    """The static graph with BatchNorm on running statistics, and every array of the model."""
-    model.eval()
-    return nnx.split(model)
-
-
-class Compiled(NamedTuple):
-    raw: Callable  # (state, x) -> (boxes, scores)
-    heads: Callable  # (state, x, taps) -> (logits, deltas, record), not jitted: callers jit what they compose
-    loss: Callable  # (state, x, boxes, labels, valid, taps) -> (loss, record), not jitted
-    loss_value: Callable  # (state, x, boxes, labels, valid) -> loss, jitted
-
-
-@functools.lru_cache(maxsize=16)
-def compiled(graphdef: nnx.GraphDef, size: int) -> Compiled:
-    anchor = anchors(size)  # numpy: a constant of every trace (a jnp array made under a trace would leak)
-
-    def heads(state, x, taps=None):
-        record: dict[str, jax.Array] = {}
-        logits, deltas = nnx.merge(graphdef, state)(x, taps, record)
-        return logits, deltas, record
-
-    def raw(state, x):
-        logits, deltas, _ = heads(state, x)
-        return raw_outputs(logits, deltas, anchor, size)
-
-    def loss(state, x, boxes, labels, valid, taps=None):
-        logits, deltas, record = heads(state, x, taps)
-        return multibox_loss(logits, deltas, anchor, boxes, labels, valid), record
-
-    return Compiled(jax.jit(raw), heads, loss, jax.jit(lambda *args: loss(*args)[0]))
+from xprune.models.jax import FRAMEWORK, checkpoint, counting, pruning
+from xprune.models.jax.jitted import Compiled, as_numpy, compiled, split_eval
+from xprune.models.jax.tinyssd import ANCHORS_PER_POSITION, Targets, feature_sizes
 
 
 @dataclass
@@ -105,6 +69,40 @@ class JaxDetector(Detector):
     def eval(self) -> JaxDetector:
         self.model.eval()
         return self
+
+    # --- the interface over the parameter tree --------------------------------------------------------------------
+    def zeroed(self, layers: list[str]) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return pruning.zeroed(self, layers)
+
+    def zero_layers(self, layers: list[str]) -> list[str]:
+        return pruning.zero_layers(self, layers)
+
+    def float64_probe(self) -> JaxDetector:
+        """A copy (the original stays untouched); its `outputs_depend_on_input` computes in float64 whatever the
+        copy's dtype."""
+        return copy.deepcopy(self)
+
+    def outputs_depend_on_input(self, probes: int = 2, seed: int = 0) -> bool:
+        return pruning.outputs_depend_on_input(self, probes, seed)
+
+    def conv_summary(self) -> dict[str, dict]:
+        return counting.conv_summary(self)
+
+    def own_complexity(self) -> dict:
+        return counting.complexity(self)
+
+    def output_levels(self) -> list[tuple[str, int]]:
+        return [(f"{side}x{side}", side * side * ANCHORS_PER_POSITION) for side in feature_sizes(self.input_size)]
+
+    def raw_onnx(self, batch: int, opset: int, input_name: str, output_names: list[str]) -> onnx.ModelProto:
+        """The raw head path traced by jax2onnx (extra `jax`)."""
+        from xprune.models.jax.export import raw_heads_onnx
+
+        return raw_heads_onnx(self, batch, opset, input_name, output_names)
+
+    def save_checkpoint(self, path: str | os.PathLike, meta: dict | None = None, half: bool = False) -> None:
+        """A flax msgpack file (*.msgpack); `half` stores floating arrays as fp16, loaded back as fp32."""
+        checkpoint.save_checkpoint(self, path, meta, half)
 
 
 def build_tinyssd(num_classes: int, size: int, seed: int = 0) -> JaxDetector:

@@ -1,18 +1,26 @@
-"""Pruning a JAX detector: the plan's layers are zeroed in the parameter tree (the conv kernels; biases stay, so a
+"""Pruning a JAX detector in its parameter tree: the plan's layers are zeroed in the conv kernels (biases stay, so a
 zeroed conv outputs its bias, as in PyTorch), and the safe policy's dependence check runs in float64."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-from xprune.models.jax.detector import JaxDetector, compiled
+from xprune.models.detector import all_outputs_differ
+from xprune.models.jax.jitted import compiled
+
+if TYPE_CHECKING:
+    from xprune.models.jax.detector import JaxDetector
+
+
+def kernel_path(name: str) -> tuple[str | int, ...]:
+    """'blocks.0.1.conv' -> ('blocks', 0, 1, 'conv', 'kernel'): where the conv's kernel sits in the state."""
+    return (*(int(p) if p.isdigit() else p for p in name.split(".")), "kernel")
 
 
 @contextlib.contextmanager
@@ -29,18 +37,12 @@ def zeroed(detector: JaxDetector, layers: list[str]) -> Iterator[None]:
             convs[n].kernel.set_value(w)
 
 
-def apply_plan(detector: JaxDetector, layers: list[str]) -> list[str]:
+def zero_layers(detector: JaxDetector, layers: list[str]) -> list[str]:
     """Zero the kernels of `layers` in place; returns their names."""
     convs = detector.conv_layers()
     for n in layers:
         convs[n].kernel.set_value(jnp.zeros_like(convs[n].kernel.get_value()))
     return list(layers)
-
-
-def float64_probe(detector: JaxDetector) -> JaxDetector:
-    """A copy for the dependence check (the original stays untouched); `outputs_depend_on_input` runs it in
-    float64 whatever the copy's dtype."""
-    return copy.deepcopy(detector)
 
 
 def outputs_depend_on_input(detector: JaxDetector, probes: int = 2, seed: int = 0) -> bool:
@@ -55,10 +57,4 @@ def outputs_depend_on_input(detector: JaxDetector, probes: int = 2, seed: int = 
         state64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
                                else a, state)
         outs = [[np.asarray(o) for o in raw(state64, jnp.asarray(xs[i:i + 1]))] for i in range(probes)]
-    for k in range(len(outs[0])):
-        first = outs[0][k]
-        if all(o[k].shape == first.shape and np.array_equal(o[k], first) for o in outs[1:]):
-            return False
-    return True
-
-
+    return all_outputs_differ(outs)

@@ -3,14 +3,31 @@ waits for the result (`block_until_ready`) and copies it to host arrays, as ever
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xprune.models.jax.detector import JaxDetector, compiled
+from xprune.models.jax.detector import JaxDetector
+from xprune.models.jax.jitted import compiled
 from xprune.runtime.base import Runner
+
+
+def xla_cpu_threads() -> int:
+    """The threads XLA's CPU client runs a computation's ops on: its intra-op pool is sized by PJRT_NPROC or NPROC
+    where set, else by the CPUs this process may run on; `--xla_cpu_multi_thread_eigen=false` keeps them on one."""
+    if "--xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", ""):
+        return 1
+    for name in ("PJRT_NPROC", "NPROC"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this platform
+        return os.cpu_count() or 1
 
 
 class JaxRunner(Runner):
@@ -39,3 +56,6 @@ class JaxRunner(Runner):
 
     def version(self) -> str:
         return jax.__version__
+
+    def effective_threads(self) -> int:
+        return xla_cpu_threads()

@@ -35,3 +35,7 @@ def open_file(path: Path, options: TargetOptions) -> tuple[Onnx2TorchRunner, dic
 
     onnx_runner, facts = open_onnx(path, options)
     return Onnx2TorchRunner(path, device=options.device, fp16=options.fp16, nms_iou=onnx_runner.nms_iou), facts
+
+
+def run_facts(options: TargetOptions) -> dict[str, Any]:
+    return {"device": options.device, "version": available(), "precision": "fp16" if options.fp16 else "fp32"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,3 +32,14 @@ def open_file(path: Path, options: TargetOptions) -> tuple[OnnxRuntimeRunner, di
     facts = {**model_facts(model, meta), "macs": count_macs(model)}
     runner = OnnxRuntimeRunner(path, device=options.device, threads=options.threads, nms_iou=meta.get("nms_iou"))
     return runner, facts
+
+
+def run_facts(options: TargetOptions) -> dict[str, Any]:
+    return {"device": options.device, "version": available(), "threads": options.threads or os.cpu_count(),
+            "spinning": False}
+
+
+def open_runner(model: str | Path | bytes, options: TargetOptions, nms_iou: float | None = None) -> OnnxRuntimeRunner:
+    from xprune.runtime.onnxruntime.runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(model, device=options.device, threads=options.threads, spinning=False, nms_iou=nms_iou)

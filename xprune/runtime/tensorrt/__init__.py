@@ -1,4 +1,5 @@
-"""TensorRT: serialized engines (.engine / .plan / .trt) built by `xprune export --engine trt`, on an NVIDIA GPU.
+"""TensorRT: serialized engines (.engine / .plan / .trt) built from an ONNX export (`xprune export --engine trt`,
+`build_from_onnx`), on an NVIDIA GPU.
 
 TensorRT is optional (extra `trt`); every entry point calls `require_tensorrt()` first so a machine without it
 gets one clear line instead of a lazy-import traceback.
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from xprune.errors import XpruneError
 
 if TYPE_CHECKING:
-    from xprune.runtime.registry import TargetOptions
+    from xprune.runtime.registry import EngineOptions, TargetOptions
     from xprune.runtime.tensorrt.runner import TensorRTRunner
 
 NOT_INSTALLED = "TensorRT is not installed; install xprune[trt] on a machine with an NVIDIA GPU"
@@ -51,3 +52,24 @@ def open_file(path: Path, options: TargetOptions) -> tuple[TensorRTRunner, dict[
 
     runner = TensorRTRunner(path)
     return runner, runner.load_engine.model_facts()
+
+
+def run_facts(options: TargetOptions) -> dict[str, Any]:
+    """`fp16`: the precision the engines are built in."""
+    return {"device": "cuda:0", "version": require_tensorrt(), "precision": "fp16" if options.fp16 else "fp32"}
+
+
+def build_from_onnx(onnx_path: Path, engine_path: Path, options: EngineOptions) -> dict[str, Any]:
+    """An engine and its sidecar from an ONNX export; int8 calibrates on `options.calibration_data`'s calibration
+    images. Returns the sidecar."""
+    from xprune.runtime.tensorrt.build import build_engine, calibration_batches
+
+    calibration = None
+    if options.int8:
+        size = options.input_size
+        if size is None:
+            raise XpruneError("an int8 build needs the model's input size for its calibration images")
+        calibration = calibration_batches(options.calibration_data, size, options.calibration_images)
+    return build_engine(onnx_path, engine_path, fp16=options.fp16, int8=options.int8,
+                        calibration_batches=calibration, workspace_gb=options.workspace_gb,
+                        timing_cache=options.timing_cache, dynamic_batch=options.dynamic_batch)

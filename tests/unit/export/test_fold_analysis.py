@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from xprune.errors import XpruneError
 from xprune.export.onnx_export import export_onnx
 from xprune.models import build_detector
-from xprune.prune.branches import FoldAnalysis, branch_macs, layer_nodes, macs_by_folding
+from xprune.export.fold.analysis import FoldAnalysis, branch_macs, layer_nodes, macs_by_folding
 
 OPSET, IR = 17, 8
 
@@ -276,3 +276,28 @@ def test_export_onnx_removes_what_the_analysis_says(tmp_path, yolo, yolo_analysi
     assert base["macs_after"] == yolo_analysis.macs_after()
     assert base["macs_after"] - pruned["macs_after"] == yolo_analysis.removed_macs(layer) > convs[layer].weight.numel()
     assert branch_macs(yolo, [layer]) == {layer: yolo_analysis.removed_macs(layer)}
+
+
+# every PyTorch family of the zoo, small inputs; the JAX family is exported by jax2onnx, whose node names carry no
+# module scopes, so its layers cannot be mapped (the per-mac ranking says so in one line)
+ZOO = [("yolov8n", 64), ("yolo11n", 64), ("ssdlite320-mbv3", 128), ("ssd-mobilenetv2", 128),
+       ("ssd-shufflenetv2", 128), ("ssd-resnet50", 128), ("retinanet-r50-fpn", 128), ("fasterrcnn-r50-fpn", 128)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,size", ZOO, ids=[f for f, _ in ZOO])
+def test_the_analysis_is_the_fold_on_every_zoo_family(family, size):
+    """Plans of 1 layer, 5 % and 20 % of the candidates (drawn at random, so some kill an output: the fold still
+    says what is left): the analysis gives exactly the MACs of the folded graph, and on the light families it
+    decides them by itself (no fall-back to the real fold)."""
+    det = _with_random_batchnorm(build_detector(family, "none", num_classes=6, input_size=size))
+    analysis = FoldAnalysis.of(det)
+    assert not analysis.unmapped(det.conv_layers())
+    candidates = sorted(set(analysis.layers) - set(det.predictor_layers))
+    rng = np.random.default_rng(0)
+    for k in (1, max(2, len(candidates) // 20), len(candidates) // 5):
+        layers = list(rng.choice(candidates, k, replace=False))
+        outcome = analysis.outcome(layers)
+        assert outcome.macs == macs_by_folding(analysis, layers), (family, layers)
+        if family in ("yolov8n", "ssdlite320-mbv3", "ssd-mobilenetv2", "ssd-shufflenetv2"):
+            assert not outcome.by_fold, outcome.by_fold

@@ -1,10 +1,11 @@
 """Training TinySSD with optax on a COCO-format dataset (the reference checkpoint is trained on xprune's synthetic
-set), on the CPU. Every epoch writes the training state (parameters, BatchNorm statistics, optimizer state) and
-the model checkpoint into `work_dir`, atomically; a call with the same settings resumes after the last finished
-epoch, and since each epoch draws its data order and augmentation from (seed, epoch), a resumed run ends where an
-uninterrupted one does.
+set), on the CPU: the JAX families' counterpart of `xprune.train.loop`. Every epoch writes the training state
+(parameters, BatchNorm statistics, optimizer state) and the model checkpoint into `work_dir`, atomically, with the
+stamp of its settings beside the state (`xprune.resume`); a call with the same settings resumes after the last
+finished epoch, and since each epoch draws its data order and augmentation from (seed, epoch), a resumed run ends
+where an uninterrupted one does.
 
-    from xprune.models.jax.train import train_tinyssd
+    from xprune.train.jax_loop import train_tinyssd
     checkpoint, history = train_tinyssd("data/synth", epochs=40, size=320, log_path="tinyssd-jax-synth.log")
 
 The recipe: AdamW with a linear warm-up (one epoch) and cosine decay, global-norm clipping, batch 16, SSD's
@@ -33,9 +34,9 @@ from xprune.data.coco import CocoDetectionSet
 from xprune.data.transforms import PAD_VALUE
 from xprune.errors import XpruneError
 from xprune.files import atomic_path
-from xprune.models.jax.checkpoint import save_checkpoint
 from xprune.models.jax.detector import JaxDetector, build_tinyssd
 from xprune.models.jax.tinyssd import Targets, anchors, multibox_loss
+from xprune.resume import Stamp, input_identity
 
 STATE_FILE = "train-state.msgpack"
 LAST_FILE = "last.msgpack"
@@ -148,6 +149,11 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
     return step
 
 
+def training_stamp(state_path: Path, settings: dict) -> Stamp:
+    """The record beside a training state (train-state.msgpack -> train-state.json) of the settings that made it."""
+    return Stamp(state_path.with_suffix(".json"), input_identity(settings), "training state")
+
+
 def _detector(graphdef_eval: nnx.GraphDef, params, stats, rest, train: TrainSet) -> JaxDetector:
     det = build_tinyssd(train.num_classes, train.size)
     nnx.update(det.model, nnx.state(nnx.merge(graphdef_eval, params, stats, rest)))
@@ -162,7 +168,7 @@ def train_tinyssd(data_dir: str | Path, epochs: int, size: int, log_path: str | 
     the dataset's category ids) and one record per epoch ({"epoch", "loss", "seconds"}, plus "val_map" where
     measured), over every run that contributed epochs. `work_dir` defaults to the log's folder /
     'tinyssd-jax-train'. The log file gets one line per epoch and the val mAP every `eval_every` epochs and after
-    the last."""
+    the last. The state stays when training ends: a rerun with the same settings returns at once."""
     from xprune.evaluate.coco_map import evaluate_map
 
     cfg = TrainConfig(epochs=epochs, size=size, batch_size=batch_size, lr=lr, seed=seed, train_images=train_images,
@@ -193,10 +199,11 @@ def train_tinyssd(data_dir: str | Path, epochs: int, size: int, log_path: str | 
     settings = {**asdict(cfg), "data": str(Path(data_dir).resolve()), "train_len": len(train)}
     start, lines, history = 0, [], []
     state_path = work / STATE_FILE
-    if state_path.is_file():
-        saved = serialization.msgpack_restore(state_path.read_bytes())
-        if json.loads(saved["settings"]) != settings:
-            raise XpruneError(f"{state_path} was written with other settings; remove it or use another work_dir")
+    if training_stamp(state_path, settings).claim([state_path]):
+        try:
+            saved = serialization.msgpack_restore(state_path.read_bytes())
+        except Exception as e:  # msgpack's ExtraData, ValueError and friends: a torn or foreign file
+            raise XpruneError(f"cannot resume from {state_path} ({type(e).__name__}); delete it to start over") from None
         leaves = [saved["leaves"][str(i)] for i in range(len(saved["leaves"]))]
         params, stats, opt_state = jax.tree.unflatten(jax.tree.structure((params, stats, opt_state)), leaves)
         start, lines, history = int(saved["epoch"]), list(saved["lines"]), json.loads(saved["history"])
@@ -224,9 +231,9 @@ def train_tinyssd(data_dir: str | Path, epochs: int, size: int, log_path: str | 
             line += f" val mAP {m['map']:.4f} mAP50 {m['map50']:.4f} ({time.time() - t1:.0f}s)"
         lines.append(line)
         history.append(record)
-        save_checkpoint(det, work / LAST_FILE, meta={"epoch": epoch + 1, "train": settings})
+        det.save_checkpoint(work / LAST_FILE, meta={"epoch": epoch + 1, "train": settings})
         leaves = jax.tree.leaves((params, stats, opt_state))
-        doc = {"settings": json.dumps(settings), "epoch": epoch + 1, "lines": lines, "history": json.dumps(history),
+        doc = {"epoch": epoch + 1, "lines": lines, "history": json.dumps(history),
                "leaves": {str(i): np.asarray(v) for i, v in enumerate(leaves)}}
         with atomic_path(state_path) as tmp:
             tmp.write_bytes(serialization.msgpack_serialize(doc))
@@ -234,7 +241,6 @@ def train_tinyssd(data_dir: str | Path, epochs: int, size: int, log_path: str | 
             tmp.write_text("\n".join(lines) + "\n")
         log(line)  # after the state is saved: an interruption from here on loses nothing
     return Trained(work / LAST_FILE, history)
-
 
 
 def seconds_per_step(data_dir: str | Path, size: int = 320, batch_size: int = 16, steps: int = 2) -> float:
