@@ -20,6 +20,42 @@ def _mmacs(x) -> str:
     return DASH if x is None else f"{x / 1e6:,.1f} M"
 
 
+def _searched(plan: dict) -> str:
+    held = (plan.get("budget") or {}).get("held_out")
+    if not held:  # a plan from before the search recorded its images: calib images after the scored ones
+        return "held-out calib images (not recorded in the plan)"
+    return (f"{held['split']} images {held['first'] + 1}–{held['first'] + held['images']} of {held['of']} "
+            "(image-id order), none of them train images")
+
+
+def _reported(verdict: dict, acc: dict) -> str:
+    images = verdict.get("images")
+    if not images or not images.get("left_out"):
+        return f"{acc['images']} val images"
+    return f"{acc['images']} val images after the search's {images['left_out']}"
+
+
+def image_sets(s: dict, stages: dict, plan: dict) -> list[str]:
+    """Which images each figure comes from (auto.json and the plan's record of the search)."""
+    calib = stages.get("score", {}).get("calibration")
+    if calib:
+        scored = f"the first {calib['images']} {calib['split']} images"
+        if calib.get("train_images"):
+            every = "all" if calib["train_images"] == calib["images"] else calib["train_images"]
+            scored += f" (**{every} of them train images**: fine for ranking, not for a budget)"
+    else:
+        scored = "no images (a data-free criterion)" if "calibration" in stages.get("score", {}) else "calib images"
+    tuned = (f"the first {s['finetune_images']} train images" if s.get("finetune_images") else "the train images")
+    lines = ["## Which images each figure comes from", "",
+             f"- Layer scores ({s['method']}): {scored}.",
+             f"- Budget search (every mAP and drop of the search below): {_searched(plan)}."]
+    if s["finetune_epochs"]:
+        lines.append(f"- Fine-tuning between steps: {tuned}.")
+    lines += [f"- Reported mAP, ΔmAP and verdict: {_reported(stages['verdict'], stages['verdict']['accuracy'])}, "
+              "none of them measured on by the search; latency on random inputs.", ""]
+    return lines
+
+
 def render(out: Path) -> str:
     state = read_json(out / "auto.json", "auto state")
     s, stages = state["settings"], state["stages"]
@@ -47,7 +83,8 @@ def render(out: Path) -> str:
         f"| MACs (exported graph) | {_mmacs(exported['baseline']['macs_after'])} | "
         f"{_mmacs(exported['model']['macs_after'])} (−{100 * exported['model']['removed_mac_fraction']:.1f} %) |",
         f"| median latency | {base['median_ms']:.3f} ms | {model['median_ms']:.3f} ms |",
-        f"| mAP@[.50:.95] ({acc['images']} val images) | {acc['baseline_map']:.4f} | {acc['current_map']:.4f} |", "",
+        f"| mAP@[.50:.95] ({_reported(stages['verdict'], acc)}) | {acc['baseline_map']:.4f} | "
+        f"{acc['current_map']:.4f} |", "",
         f"- **Latency**: paired ratio pruned / baseline {_ratio(lat)}"
         + (f", a {speedup:.2f}x speedup" if speedup else "") + f"; A/A control (the baseline against a copy of "
         f"itself in the same run) {_ratio(timing['aa_control'])}: a ratio inside the control's spread is noise.",
@@ -56,6 +93,7 @@ def render(out: Path) -> str:
         f"{100 * s['max_map_drop']:g} points: **{acc['decision']}**.",
         "- Ship `model.onnx`" + (" or `model.engine`" if "engine" in stages else "") + " (raw boxes and class scores; "
         "NMS as in `xprune.models.detector.postprocess`).", ""]
+    lines += image_sets(s, stages, plan)
     lines += ["## Layers removed and why", "",
               f"Ranking: {plan.get('rank', 'plain')} by {plan['method']} score, safe candidates (never a head's final "
               "predictor; the outputs must still depend on the input).", "",
@@ -65,7 +103,7 @@ def render(out: Path) -> str:
     path = (plan.get("budget") or {}).get("path") or []
     if path:
         lines += ["", "## The budget search, step by step", "",
-                  "Measured on held-out calib images (neither scored on nor reported).", "",
+                  f"Measured on {_searched(plan)}.", "",
                   "| step | layers | mAP zeroed | mAP fine-tuned | drop | kept |", "|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {p['step']} | {p['k']} | {p['map_zeroed']:.4f} | "
                   f"{DASH if p['map_finetuned'] is None else format(p['map_finetuned'], '.4f')} | {p['drop']:+.4f} | "
@@ -73,7 +111,8 @@ def render(out: Path) -> str:
         lines += ["", "A step within the budget as zeroed is kept without fine-tuning (–)."]
     evaluations = (plan.get("budget") or {}).get("evaluations") or []
     if evaluations and not path:
-        lines += ["", "## The budget search", "", "| layers | mAP | drop | within |", "|---:|---:|---:|---|"]
+        lines += ["", "## The budget search", "", f"Measured on {_searched(plan)}.", "",
+                  "| layers | mAP | drop | within |", "|---:|---:|---:|---|"]
         lines += [f"| {e['k']} | {DASH if e['map'] is None else format(e['map'], '.4f')} | "
                   f"{DASH if e['drop'] is None else format(e['drop'], '+.4f')} | {'yes' if e['within'] else 'no'} |"
                   for e in evaluations]

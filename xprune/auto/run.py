@@ -1,10 +1,13 @@
 """The stages of `xprune auto`, each a file in OUT:
 
-    scores.json                 attr (or --method) scores on the first `score_images` calib images
+    scores.json                 attr (or --method) scores on the first `score_images` calib images (a warning
+                                when they are train images: fine for scores, never for the budget)
     pruned.pt, pruned.plan.json the budgeted plan: iterative with fine-tuning (`--finetune-epochs` > 0) or the
-                                plain rate search, mAP measured on the calib images after the scored ones
+                                plain rate search, mAP measured on the first `held_out_images` val images
     baseline.onnx, model.onnx   the unpruned and the pruned model exported the same way (onnxslim, the fold)
-    bench.json                  both timed interleaved with an A/A copy of the baseline, mAP of each per image
+    bench.json                  both timed interleaved with an A/A copy of the baseline, mAP of each per image;
+                                the verdict's mAP leaves out the val images the search measured on
+                                (`xprune.auto.image_sets`)
     auto.json                   the arguments, each stage's time, files and inputs, the verdicts; report.md from it
     auto.stamp.json             the job's input identity (`xprune.resume`): its arguments, the checkpoint's SHA-256
 
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from xprune.auto.image_sets import bench_val_limit, reported_rows, searched_images
 from xprune.errors import XpruneError
 from xprune.files import read_json, write_json
 from xprune.prune.run import PruneRequest, prune_checkpoint
@@ -41,16 +45,17 @@ class AutoSettings:
     model: str | None = None  # read from the checkpoint when it says
     method: str = "attr"
     max_map_drop: float = 0.01
-    score_images: int = 32  # calib images scored on; the budget search measures on the ones after them
-    held_out_images: int = 64
+    score_images: int = 32  # calib images scored on
+    held_out_images: int = 64  # the budget search measures on the first N images of search_split
+    search_split: str = "val"  # never train; on val, the report's mAP is on the val images after the search's
     rank: str = "plain"
     finetune_epochs: int = 1  # per step of the iterative search; 0: the plain rate search, no fine-tuning
     finetune_images: int | None = 256
     finetune_batch_size: int = 16
-    finetune_lr: float = 1e-4
+    finetune_lr: float | None = None  # default: a fraction of the family's reference learning rate
     step_rate: float = 0.05
     max_rate: float | None = 0.5
-    val_images: int | None = None  # the benchmark's mAP: the first N val images (default all)
+    val_images: int | None = None  # the report's mAP: N val images after the search's (default all of them)
     runs: int = 100  # interleaved timing rounds
     threads: int | None = None
     engine: str = "onnx"  # or an engine the runtime registry builds from the folded model ("trt": TensorRT)
@@ -67,7 +72,8 @@ def prune_request(s: AutoSettings, family: str | None = None) -> PruneRequest:
     out = Path(s.out)
     return PruneRequest(weights=str(s.weights), scores=str(out / "scores.json"), out=str(out / "pruned.pt"),
                         model=s.model or family, data=s.data, max_map_drop=s.max_map_drop, policy="safe",
-                        rank=s.rank, held_out_images=s.held_out_images, max_rate=s.max_rate,
+                        rank=s.rank, held_out_images=s.held_out_images, search_split=s.search_split,
+                        max_rate=s.max_rate,
                         finetune_epochs=s.finetune_epochs or None, finetune_batch_size=s.finetune_batch_size,
                         finetune_lr=s.finetune_lr, finetune_images=s.finetune_images, step_rate=s.step_rate)
 
@@ -88,10 +94,10 @@ def check(s: AutoSettings) -> None:
         raise XpruneError(f"checkpoint not found: {s.weights}")
     if not dataset_exists(s.data):
         raise XpruneError(f"dataset not found: {s.data}")
-    for split in ("calib", "val") + (("train",) if s.finetune_epochs else ()):
+    for split in dict.fromkeys(("calib", "val", s.search_split) + (("train",) if s.finetune_epochs else ())):
         if not has_split(s.data, split):
-            raise XpruneError(f"{s.data} has no '{split}' split; auto scores and searches on calib, fine-tunes on "
-                              f"train and reports on val")
+            raise XpruneError(f"{s.data} has no '{split}' split; auto scores on calib, searches on the first "
+                              f"{s.search_split} images, fine-tunes on train and reports on the rest of val")
 
 
 class Job:
@@ -156,11 +162,19 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
 
     def score() -> dict:
         from xprune.data.coco import calibration_set
+        from xprune.data.splits import calibration_overlap
         from xprune.importance.scores import score_layers, write_scores
         calib = calibration_set(s.data, det.input_size, s.score_images)
         doc = score_layers(det, s.method, calib, progress=True, weights=str(s.weights))
         write_scores(out / "scores.json", doc)
-        return {"layers": len(doc["layers"]), "method": s.method}
+        images = None
+        if doc.get("calibration"):  # a data-driven criterion: say when its images are train images
+            overlap = calibration_overlap(s.data, s.score_images)
+            if overlap.overlaps:
+                log(f"warning: {overlap.describe()}; the scores are computed on images the model trained on (the "
+                    f"budget search measures on {s.search_split} images, not on them)")
+            images = {"split": overlap.split, "images": overlap.images, "train_images": len(overlap.shared)}
+        return {"layers": len(doc["layers"]), "method": s.method, "calibration": images}
 
     job.stage("score", ["scores.json"], score)
 
@@ -195,8 +209,9 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
         for t, role in zip(targets, ("baseline", "aa-copy", "candidate")):
             t.info["role"] = role
         protocol = LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=s.runs, min_s=0.0)
-        settings = BenchSettings(protocol=protocol, interleave=True, data=Path(s.data), val_images=s.val_images,
-                                 threads=s.threads, order_seed=0)
+        held = searched_images(read_json(out / "pruned.plan.json", "plan"))
+        settings = BenchSettings(protocol=protocol, interleave=True, data=Path(s.data),
+                                 val_images=bench_val_limit(s.val_images, held), threads=s.threads, order_seed=0)
         doc = bench(targets, settings, command=command, log=log)
         add_speedups(doc)
         write_results(out / "bench.json", doc)
@@ -212,10 +227,12 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
         doc = read_results(out / "bench.json")
         base = next(r for r in doc["rows"] if r.get("role") == "baseline")
         model = next(r for r in doc["rows"] if r.get("role") == "candidate")
+        held = searched_images(read_json(out / "pruned.plan.json", "plan"))
+        (base, model), images = reported_rows([base, model], held)  # none of the images the search chose on
         acc = judge_accuracy(base, model, "model.onnx", s.max_map_drop, 0.95, 1000, 0)
-        return {"accuracy": dataclasses.asdict(acc)}
+        return {"accuracy": dataclasses.asdict(acc), "images": images}
 
-    job.stage("verdict", ["bench.json"], verdict, inputs=["bench.json"])
+    job.stage("verdict", ["bench.json"], verdict, inputs=["bench.json", "pruned.plan.json"])
 
     if s.engine != "onnx":
         from xprune.runtime.registry import EngineOptions, engine_builder

@@ -11,7 +11,7 @@ from xprune.runtime.registry import engine_names
 def cmd_auto(args) -> None:
     from xprune.auto.run import AutoSettings, run_auto
     s = AutoSettings(weights=args.weights, data=args.data, out=args.out, model=args.model, method=args.method,
-                     max_map_drop=args.max_map_drop, score_images=args.score_images,
+                     max_map_drop=args.max_map_drop, score_images=args.score_images, search_split=args.search_split,
                      held_out_images=args.held_out_images, rank=args.rank, finetune_epochs=args.finetune_epochs,
                      finetune_images=args.finetune_images, step_rate=args.step_rate, max_rate=args.max_rate,
                      val_images=args.val_images, runs=args.runs, threads=args.threads, engine=args.engine,
@@ -32,16 +32,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="folder for every stage's file and report.md")
     p.add_argument("--method", default=d.method, help=f"importance criterion (default {d.method})")
     p.add_argument("--max-map-drop", type=float, default=d.max_map_drop, help="absolute, 0.01 = one mAP point")
-    p.add_argument("--score-images", type=positive_int, default=d.score_images,
-                   help="calib images scored on; the search measures on the ones after them")
-    p.add_argument("--held-out-images", type=positive_int, default=d.held_out_images)
+    p.add_argument("--score-images", type=positive_int, default=d.score_images, help="calib images scored on")
+    p.add_argument("--search-split", default=d.search_split,
+                   help="split the mAP budget is measured on, never a train image (default val: its first images, "
+                        "the report on the rest)")
+    p.add_argument("--held-out-images", type=positive_int, default=d.held_out_images,
+                   help="images of the search split the budget is measured on (at most half of val)")
     p.add_argument("--rank", default=d.rank, help="plain (default) or per-mac")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
                    help=f"per pruning step (default {d.finetune_epochs}); 0: no fine-tuning, a plain rate search")
     p.add_argument("--finetune-images", type=positive_int, default=d.finetune_images)
     p.add_argument("--step-rate", type=float, default=d.step_rate)
     p.add_argument("--max-rate", type=float, default=d.max_rate)
-    p.add_argument("--val-images", type=positive_int, default=None, help="report mAP on the first N val images")
+    p.add_argument("--val-images", type=positive_int, default=None,
+                   help="report mAP on N val images after the search's")
     p.add_argument("--runs", type=positive_int, default=d.runs, help="interleaved timing rounds")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--engine", default=d.engine, help="onnx (default), or also build an engine from the folded model: "

@@ -52,11 +52,14 @@ def cmd_prune(args) -> None:
     from xprune.prune.run import PruneRequest, prune_checkpoint
     request = PruneRequest(weights=args.weights, scores=args.scores, out=args.out, model=args.model,
                            input_size=args.input_size, data=args.data, rate=args.rate, max_map_drop=args.max_map_drop,
+                           target_macs=args.target_macs,
                            policy=args.candidates, rank=args.rank, held_out_images=args.held_out_images,
                            max_rate=args.max_rate, finetune_epochs=args.finetune_epochs,
                            finetune_batch_size=args.finetune_batch_size, finetune_lr=args.finetune_lr,
                            finetune_images=args.finetune_images, step_rate=args.step_rate, plan_file=args.plan,
-                           search_file=args.search_report)
+                           search_file=args.search_report, search_split=args.search_split,
+                           finetune_schedule=args.finetune_schedule, distill=not args.no_distill,
+                           distill_weight=args.distill_weight)
     plan = prune_checkpoint(request, log=lambda message: print(message, file=sys.stderr), progress=True)
     for e in plan.selected:
         print(f"zeroed {e.layer:<40} score {e.score:.4g}{_fold_note(e)}  ({e.reason})")
@@ -65,6 +68,11 @@ def cmd_prune(args) -> None:
     folded = f", {plan.fold['removed_mac_fraction']:.1%} of the exported MACs folded out" if plan.fold else ""
     print(f"{len(plan.selected)} of {plan.candidates} candidate layers zeroed{folded} -> {args.out}, "
           f"plan {request.plan_path}")
+    target = (plan.fold or {}).get("target")
+    if target:
+        how = "proven optimal" if target["optimal"] else "greedy, not proven optimal"
+        print(f"target {target['fraction']:.1%} of the MACs: {target['reached']:.1%} removed by "
+              f"{len(target['units'])} of {target['candidate_units']} units ({how})")
 
 
 def _fold_note(choice) -> str:
@@ -132,10 +140,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--rate", type=float, default=None,
                    help=f"fraction of candidate layers to zero, in (0, 1) (default {DEFAULT_RATE})")
     p.add_argument("--max-map-drop", type=float, default=None,
-                   help="instead of --rate: the largest rate whose mAP drop on held-out calib images is <= D "
-                        "(absolute, 0.01 = one point); score with fewer --calib-images to leave images held out")
+                   help="instead of --rate: the largest rate whose mAP drop on held-out images (never train images: "
+                        "the first --held-out-images of --search-split) is <= D (absolute, 0.01 = one point)")
+    p.add_argument("--target-macs", type=float, default=None,
+                   help="instead of --rate: remove at least this fraction of the exported MACs, in (0, 1), zeroing "
+                        "the least total importance (the choice is by MACs itself: --rank does not apply)")
+    p.add_argument("--search-split", default=d.search_split,
+                   help="split the mAP budget is measured on (default val: its first images; never train)")
     p.add_argument("--held-out-images", type=positive_int, default=d.held_out_images,
-                   help="calib images after the scored ones")
+                   help="images of --search-split the budget is measured on (at most half of val)")
     p.add_argument("--max-rate", type=float, default=None, help="upper bound of the --max-map-drop search")
     p.add_argument("--search-report", default=None, help="search JSON (default: OUT with .search.json)")
     p.add_argument("--candidates", default=d.policy, help="safe (default) or all (the paper's)")
@@ -144,7 +157,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--finetune-epochs", type=positive_int, default=None,
                    help="with --max-map-drop: prune in steps, fine-tuning E epochs on the train split after each")
     p.add_argument("--step-rate", type=float, default=d.step_rate, help="fraction of candidate layers zeroed per step")
-    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
+                   help="default: a fraction of the family's reference learning rate")
+    p.add_argument("--finetune-schedule", default=d.finetune_schedule, help="one-cycle (default) or cosine")
+    p.add_argument("--no-distill", action="store_true", help="fine-tune without distillation from the unpruned model")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                   help="w in: family loss + w x distillation term")
     p.add_argument("--finetune-batch-size", type=positive_int, default=d.finetune_batch_size)
     p.add_argument("--finetune-images", type=positive_int, default=None, help="fine-tune on the first N train images")
     p.add_argument("--out", required=True)

@@ -70,11 +70,7 @@ class CocoDetectionSet:
         root = Path(root)
         if not root.is_dir():
             raise XpruneError(f"dataset folder not found: {root}")
-        ann = root / "annotations" / f"instances_{split}.json"
-        for images in (root / "images" / split, root / split):
-            if images.is_dir():
-                return cls(images, ann, size, limit)
-        raise XpruneError(f"no image folder for split '{split}' in {root} (expected images/{split}/ or {split}/)")
+        return cls(split_image_folder(root, split), root / "annotations" / f"instances_{split}.json", size, limit)
 
     @property
     def num_classes(self) -> int:
@@ -86,6 +82,10 @@ class CocoDetectionSet:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def image_paths(self) -> list[Path]:
+        """The image file of each of `image_ids`, in order."""
+        return [self.images_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
 
     def sample(self, index: int, augment: bool = False, generator: torch.Generator | None = None) -> dict:
         image_id = self.image_ids[index]
@@ -113,6 +113,15 @@ class CocoDetectionSet:
             samples = [self.sample(i) for i in range(start, min(start + batch_size, n))]
             x, targets = collate_targets(samples)
             yield x, targets, samples
+
+
+def split_image_folder(root: str | Path, split: str) -> Path:
+    """The image folder of a COCO dataset folder's split: ROOT/images/SPLIT, else ROOT/SPLIT."""
+    root = Path(root)
+    for images in (root / "images" / split, root / split):
+        if images.is_dir():
+            return images
+    raise XpruneError(f"no image folder for split '{split}' in {root} (expected images/{split}/ or {split}/)")
 
 
 def first_annotated_split(root: str | Path, splits: tuple[str, ...]) -> str:
@@ -146,7 +155,9 @@ def dataset_exists(root: str | Path) -> bool:
 
 
 def calibration_set(root: str | Path, size: int, images: int) -> CocoDetectionSet:
-    """Calibration images: the 'calib' split when the dataset has one, else the start of 'train', else 'val'."""
+    """Calibration images: the 'calib' split when the dataset has one, else the start of 'train', else 'val'. They
+    may be train images (`xprune.data.splits.calibration_overlap` says): fine for scoring layers, not for measuring
+    what pruning costs."""
     split = first_annotated_split(root, ("calib", "train", "val"))
     return CocoDetectionSet.from_folder(root, split, size, limit=images)
 

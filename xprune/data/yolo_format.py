@@ -13,8 +13,9 @@ Labels: image .../images/.../x.jpg has its label file at .../labels/.../x.txt (t
 label file has no objects, as in Ultralytics. Polygon (segment) lines are refused, not converted.
 
 Splits: xprune's `train` and `val` are the yaml's. `calib` is the yaml's `calib` when it has one; otherwise it is
-`train`, of which callers take the first N images (sorted by path), so calibration images were seen in training.
-Image ids are 1.. in sorted path order, so `limit` keeps the same images as it does for a COCO folder.
+`train`, of which callers take the first N images (sorted by path), so calibration images were seen in training:
+fine for scoring layers, never for measuring what pruning costs (the budget search measures on val, and refuses
+held-out images that are train images, `xprune.data.splits`). Image ids are 1.. in sorted path order, so `limit` keeps the same images as it does for a COCO folder.
 """
 
 from __future__ import annotations

@@ -1,24 +1,27 @@
 """Accuracy-budget pruning on a dataset: the largest plan whose COCO mAP drop on held-out images stays within a budget.
 
 `budget_plan` runs the rate search (bisection and lookahead over the number of layers), `iterative_budget_plan` the
-search that fine-tunes between steps (both in `xprune.prune.budget_search`), on the images of the dataset's calib
-split after the ones the scores were computed on (`held_out_split`). The iterative search's training states live in
-a work folder with a stamp (`xprune.resume`) naming the search's inputs, so an interrupted search rerun with the
+search that fine-tunes between steps (both in `xprune.prune.budget_search`), on images the model never trained on:
+by default the first images of the val split, the rest of val being where results are reported (`held_out_split`).
+Which images those were is recorded with the search (`HeldOut.record`). The iterative search's training states live
+in a work folder with a stamp (`xprune.resume`) naming the search's inputs, so an interrupted search rerun with the
 same inputs replays its finished steps instead of training them again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from xprune.data.coco import CocoDetectionSet, has_split
+from xprune.data.splits import shared_images
 from xprune.errors import XpruneError
 from xprune.evaluate.coco_map import evaluate_map
-from xprune.files import write_json
+from xprune.files import display_path, write_json
 from xprune.models.detector import Detector
 from xprune.prune.budget_search import check_max_map_drop, check_step_rate, iterative_search, search_rate
 from xprune.prune.plan import Plan
@@ -28,17 +31,27 @@ if TYPE_CHECKING:
     from xprune.export.fold.analysis import FoldAnalysis
     from xprune.prune.finetune import FinetuneSettings
 
-HELD_OUT_SPLIT = "calib"
+SEARCH_SPLIT = "val"  # where the budget search measures by default: its first images; results on the rest
+TRAIN_SPLIT = "train"
 
 
-def scored_calib_images(scores: dict, root: str | Path) -> int:
-    """How many images at the start of ROOT's calib split the scores were computed on (0 for data-free criteria
-    or scores computed on another annotations file)."""
+def check_search_split(split: str) -> str:
+    if not isinstance(split, str) or not split:
+        raise XpruneError(f"the budget search's split must be a split name such as 'val', got {split!r}")
+    if split == TRAIN_SPLIT:
+        raise XpruneError("the budget search measures mAP on images the model never trained on, not on 'train': "
+                          "use val (the default) or a split held out from training")
+    return split
+
+
+def scored_images(scores: dict, root: str | Path, split: str) -> int:
+    """How many images at the start of ROOT's SPLIT the scores were computed on (0 for data-free criteria or scores
+    computed on another split or dataset)."""
     calibration = scores.get("calibration")
-    if not calibration:
+    if not calibration or not has_split(root, split):
         return 0
-    try:  # what a calib set of ROOT records as its annotations: the JSON file, or "data.yaml (calib)"
-        ann = CocoDetectionSet.from_folder(root, HELD_OUT_SPLIT, 32, limit=1).annotations
+    try:  # what a set of ROOT's split records as its annotations: the JSON file, or "data.yaml (calib)"
+        ann = CocoDetectionSet.from_folder(root, split, 32, limit=1).annotations
     except XpruneError:
         return 0
     try:
@@ -48,50 +61,94 @@ def scored_calib_images(scores: dict, root: str | Path) -> int:
     return int(calibration.get("images", 0)) if same else 0
 
 
-def held_out_split(root: str | Path, size: int, images: int, skip: int = 0) -> CocoDetectionSet:
-    """The split the budget search evaluates on: images `skip` .. `skip + images - 1` of the dataset's 'calib'
-    split (sorted image ids), i.e. the calib images after the ones the scores were computed on
-    (`scored_calib_images`); fewer when the split is shorter.
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """The images the budget search measures on: `data`, images `first` .. `first + len(data) - 1` (in image-id
+    order) of the `total` images of `split`."""
 
-    Why there: 'train' images were seen in training (inflated mAP, the drop under pruning is not the drop on
-    new images); 'val' is where final results are reported, so choosing the rate on it would make the reported
-    drop optimistic (selection on the test set); the calib images used for scoring are the ones a data-driven
-    ranking was fit on (optimistic again). The calib tail is disjoint from all three. It is small: the drop's
-    resolution is that of mAP on a few dozen images, so give it as many as the split allows (score on half of
-    calib, e.g. `xprune score --calib-images 32` with 64 calib images, or synthesize a larger calib split)."""
+    data: CocoDetectionSet
+    split: str
+    first: int
+    total: int
+
+    def record(self) -> dict:
+        """What the search records of them: enough to leave exactly these images out of a later report."""
+        return {"split": self.split, "first": self.first, "images": len(self.data), "of": self.total,
+                "annotations": display_path(self.data.annotations), "image_ids": list(self.data.image_ids)}
+
+    def describe(self) -> str:
+        return (f"{self.split} images {self.first + 1}-{self.first + len(self.data)} of {self.total} "
+                "(in image-id order)")
+
+
+def held_out_split(root: str | Path, size: int, images: int, skip: int = 0, split: str = SEARCH_SPLIT) -> HeldOut:
+    """The images the budget search measures mAP on: images `skip` .. `skip + images - 1` of ROOT's SPLIT (sorted
+    image ids); `skip` leaves out the images the scores were computed on (`scored_images`).
+
+    Why val by default: 'train' images were seen in training, so the drop under pruning measured there is not the
+    drop on new images (a data.yaml without 'calib' and the trees set draw their calib images from train, so calib
+    is no better there). Choosing the rate on the images the results are reported on would make the reported drop
+    optimistic, so the search takes the first images of val, at most half of those after `skip`, and the rest of
+    val is left for reporting (`xprune auto` reports on it). Another split held out from training (a 'test' split,
+    or a calib split disjoint from train) takes `images` of its images after `skip`, fewer when it is shorter.
+
+    Refused in one line: 'train'; a split ROOT lacks; a split too short; held-out images that are train images too
+    (the same file or the same bytes, `xprune.data.splits.shared_images`)."""
+    check_search_split(split)
     if images < 1 or skip < 0:
         raise XpruneError(f"held-out split needs images >= 1 and skip >= 0, got {images} and {skip}")
     root = Path(root)
-    if not has_split(root, HELD_OUT_SPLIT):
-        raise XpruneError(f"the budget search evaluates on the '{HELD_OUT_SPLIT}' split, held out from training "
-                          f"and from the val results; {root} has none (a data.yaml: add a 'calib:' entry)")
-    data = CocoDetectionSet.from_folder(root, HELD_OUT_SPLIT, size, limit=skip + images)
+    if not has_split(root, split):
+        raise XpruneError(f"the budget search measures on the '{split}' split, held out from training; {root} has "
+                          "none")
+    total = len(CocoDetectionSet.from_folder(root, split, size))
+    if split == SEARCH_SPLIT:
+        if total - skip < 2:
+            raise XpruneError(f"the budget search needs at least 2 '{split}' images after the {skip} scored on, "
+                              f"{root} has {total}: it measures on the first half at most, and reports on the rest")
+        images = min(images, (total - skip) // 2)
+    data = CocoDetectionSet.from_folder(root, split, size, limit=skip + images)
     if len(data) <= skip:
-        raise XpruneError(f"all {len(data)} images of the '{HELD_OUT_SPLIT}' split were used for scoring; score on "
-                          f"fewer (--calib-images) or use a larger '{HELD_OUT_SPLIT}' split")
+        raise XpruneError(f"all {len(data)} images of the '{split}' split were used for scoring; score on fewer "
+                          f"(--calib-images) or use a larger '{split}' split")
     data.image_ids = data.image_ids[skip:]
-    return data
+    shared = shared_images(data.image_paths(), root, TRAIN_SPLIT)
+    if shared:
+        raise XpruneError(f"{len(shared)} of the {len(data)} '{split}' images the budget search would measure on are "
+                          f"train images too (e.g. {shared[0].name}): mAP on images the model trained on understates "
+                          "what pruning costs; measure on images held out from training (the val split by default)")
+    return HeldOut(data, split, skip, total)
+
+
+def search_images(detector: Detector, scores: dict, data: str | Path | None, images: int, split: str,
+                  log: Callable[[str], None] | None = None) -> HeldOut:
+    """`held_out_split` after the images the scores were computed on, announced in one line."""
+    if not data:
+        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its val images (the first ones)")
+    held = held_out_split(data, detector.input_size, images, skip=scored_images(scores, data, split), split=split)
+    if log:
+        log(f"budget search on {held.describe()}, held out from training")
+    return held
 
 
 def budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_map_drop: float,
                 policy: str = "safe", held_out_images: int = 64, max_rate: float | None = None,
                 search_report: str | Path | None = None, log: Callable[[str], None] | None = None,
-                rank: str = "plain", fold: FoldAnalysis | None = None) -> Plan:
-    """The plan at the largest rate whose COCO mAP drop on DATA's held-out calib images (`held_out_split`, after
-    the images the scores were computed on) stays within `max_map_drop`; it carries the search as `budget`.
-    The search is written to `search_report` when given, also when no rate fits (then XpruneError)."""
+                rank: str = "plain", fold: FoldAnalysis | None = None, search_split: str = SEARCH_SPLIT) -> Plan:
+    """The plan at the largest rate whose COCO mAP drop on DATA's held-out images (`held_out_split` of
+    `search_split`, after any images the scores were computed on) stays within `max_map_drop`; it carries the
+    search, and which images it measured on (`held_out`), as `budget`. The search is written to `search_report`
+    when given, also when no rate fits (then XpruneError)."""
     max_map_drop = check_max_map_drop(max_map_drop)
-    if not data:
-        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
-    held = held_out_split(data, detector.input_size, held_out_images, skip=scored_calib_images(scores, data))
-    search = search_rate(detector, scores, lambda d: evaluate_map(d, held)["map"], max_map_drop, policy,
+    held = search_images(detector, scores, data, held_out_images, search_split, log)
+    search = search_rate(detector, scores, lambda d: evaluate_map(d, held.data)["map"], max_map_drop, policy,
                          max_rate=max_rate, log=log, rank=rank, fold=fold)
     if search_report is not None:
-        write_json(search_report, search.to_json())
+        write_json(search_report, {**search.to_json(), "held_out": held.record()})
     if search.plan is None:
         where = f" (search written to {search_report})" if search_report is not None else ""
         raise XpruneError(f"no rate keeps the mAP drop within {max_map_drop}{where}")
-    return dataclasses.replace(search.plan, budget=search.record())
+    return dataclasses.replace(search.plan, budget={**search.record(), "held_out": held.record()})
 
 
 def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_map_drop: float,
@@ -99,23 +156,25 @@ def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | N
                           rank: str = "plain", fold: FoldAnalysis | None = None, step_rate: float = 0.05,
                           held_out_images: int = 64, max_rate: float | None = None, train_images: int | None = None,
                           search_report: str | Path | None = None, log: Callable[[str], None] | None = None,
-                          progress: bool = False) -> Plan:
-    """`iterative_search` on DATA: mAP on the held-out calib images (as `budget_plan`), fine-tuning on the train
+                          progress: bool = False, search_split: str = SEARCH_SPLIT) -> Plan:
+    """`iterative_search` on DATA: mAP on the held-out images (as `budget_plan`), fine-tuning on the train
     split. Each step's training state lives in `work_dir` (named by its layers), stamped beside the stamp of the
     search's inputs (search.json: the model's weights, the scores, the data, the settings), so an interrupted search
     rerun with the same inputs replays the finished steps without training them again; another search's steps are
-    refused in one line. The detector is left fine-tuned at the chosen plan, which carries the search as `budget`."""
-    from xprune.prune.finetune import finetune_layers, require_torch, train_split
+    refused in one line. The detector is left fine-tuned at the chosen plan, which carries the search and its
+    held-out images as `budget`."""
+    from xprune.prune.finetune import finetune_layers, train_split
 
-    require_torch(detector)
+    if detector.framework != "torch":  # its steps' identity and the fold analysis read a torch model
+        raise XpruneError(f"the iterative search with fine-tuning is implemented for the PyTorch families; "
+                          f"{detector.family} is a {detector.framework} model")
     max_map_drop, step_rate = check_max_map_drop(max_map_drop), check_step_rate(step_rate)
-    if not data:
-        raise XpruneError("--max-map-drop needs --data DIR: mAP is measured on its calib images after the scored ones")
-    held = held_out_split(data, detector.input_size, held_out_images, skip=scored_calib_images(scores, data))
+    teacher = copy.deepcopy(detector) if settings.distill else None  # every step distils from the unpruned model
+    held = search_images(detector, scores, data, held_out_images, search_split, log)
     train = train_split(data, detector.input_size, train_images)
     work = Path(work_dir)
     say = log or (lambda message: None)
-    identity = input_identity({"data": str(Path(data).resolve()), "held_out": held.image_ids,
+    identity = input_identity({"data": str(Path(data).resolve()), "held_out": [held.split, held.data.image_ids],
                                "train_images": len(train), "finetune": dataclasses.asdict(settings),
                                "step_rate": step_rate, "policy": policy, "rank": rank, "max_map_drop": max_map_drop,
                                "max_rate": max_rate},
@@ -126,15 +185,15 @@ def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | N
     def finetune(det: Detector, layers: list[str], step: int) -> dict:
         digest = hashlib.sha256("\n".join(layers).encode()).hexdigest()[:12]
         history = finetune_layers(det, train, layers, settings, work / f"step-{len(layers)}-{digest}.state.pt",
-                                  log=say, progress=progress)
+                                  log=say, progress=progress, teacher=teacher)
         return {"epochs": len(history), "loss": history[-1]["loss"],
                 "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history)}
 
     record = {**dataclasses.asdict(settings), "train_images": len(train)}
-    search = iterative_search(detector, scores, lambda d: evaluate_map(d, held)["map"], finetune, max_map_drop,
+    search = iterative_search(detector, scores, lambda d: evaluate_map(d, held.data)["map"], finetune, max_map_drop,
                               step_rate, policy, rank, fold, max_rate, finetune_record=record, log=log)
     if search_report is not None:
-        write_json(search_report, search.to_json())
+        write_json(search_report, {**search.to_json(), "held_out": held.record()})
     # the search is complete: nothing left to resume (the steps' states, their stamps, the search's stamp)
     stamp.release(*work.glob("step-*.state.pt"), *work.glob("step-*.state.json"))
     with contextlib.suppress(OSError):
@@ -142,8 +201,8 @@ def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | N
     if search.plan is None:
         where = f" (search written to {search_report})" if search_report is not None else ""
         raise XpruneError(f"no step keeps the mAP drop within {max_map_drop} after fine-tuning{where}")
-    return dataclasses.replace(search.plan, budget=search.record())
+    return dataclasses.replace(search.plan, budget={**search.record(), "held_out": held.record()})
 
 
-__all__ = ["HELD_OUT_SPLIT", "budget_plan", "check_max_map_drop", "check_step_rate", "held_out_split",
-           "iterative_budget_plan", "scored_calib_images"]
+__all__ = ["SEARCH_SPLIT", "HeldOut", "budget_plan", "check_max_map_drop", "check_search_split", "check_step_rate",
+           "held_out_split", "iterative_budget_plan", "scored_images", "search_images"]

@@ -1,8 +1,8 @@
 """Pruning a checkpoint, the one way `xprune prune` and `xprune auto` both do it.
 
-    scores + checkpoint -> layers chosen by a fixed rate, by the largest rate within an mAP budget, or by steps
-    within the budget with fine-tuning after each -> the layers zeroed -> OUT (the pruned checkpoint, carrying its
-    plan), OUT .plan.json and, for a budget, OUT .search.json
+    scores + checkpoint -> layers chosen by a fixed rate, by a fraction of the exported MACs to remove, by the
+    largest rate within an mAP budget, or by steps within the budget with fine-tuning after each -> the layers
+    zeroed -> OUT (the pruned checkpoint, carrying its plan), OUT .plan.json and, for a budget, OUT .search.json
 
 Every output is written atomically; an interrupted iterative search resumes from its steps in OUT .steps.
 """
@@ -25,24 +25,30 @@ DEFAULT_RATE = 0.05  # without a rate or a budget
 
 @dataclass(frozen=True)
 class PruneRequest:
-    """What to prune and how. `rate` and `max_map_drop` are exclusive; `finetune_epochs` goes with `max_map_drop`
-    (prune `step_rate` of the candidates at a time, fine-tuning that many epochs on the train split after each)."""
+    """What to prune and how. `rate`, `target_macs` and `max_map_drop` are exclusive; `finetune_epochs` goes with
+    `max_map_drop` (prune `step_rate` of the candidates at a time, fine-tuning that many epochs on the train split
+    after each)."""
 
     weights: str  # a checkpoint path, 'default' (official weights) or 'none' (random init)
     scores: str  # the scores file of this model
     out: str  # the pruned checkpoint
     model: str | None = None  # family; optional when the checkpoint says
     input_size: int | None = None
-    data: str | None = None  # the budget's held-out calib images, the train split; the class count for 'none'
+    data: str | None = None  # the budget's held-out images, the train split; the class count for 'none'
     rate: float | None = None  # fraction of candidate layers zeroed (default DEFAULT_RATE)
     max_map_drop: float | None = None  # instead of a rate: the largest one within this absolute mAP drop
+    target_macs: float | None = None  # instead of a rate: remove this fraction of the exported MACs, least importance
     policy: str = "safe"  # candidate layers: "safe" or "all"
     rank: str = "plain"  # "plain" or "per-mac"
-    held_out_images: int = 64  # calib images after the scored ones, where the budget's mAP is measured
+    held_out_images: int = 64  # where the budget's mAP is measured: the first N images of search_split
+    search_split: str = "val"  # never train; val's first images by default, results reported on the rest
     max_rate: float | None = None  # upper bound of the budget search
     finetune_epochs: int | None = None
     finetune_batch_size: int = 16
-    finetune_lr: float = 1e-4
+    finetune_lr: float | None = None  # default: a fraction of the family's reference learning rate
+    finetune_schedule: str = "one-cycle"
+    distill: bool = True  # fine-tuning distils from the unpruned model
+    distill_weight: float = 1.0
     finetune_images: int | None = None  # fine-tune on the first N train images
     step_rate: float = 0.05
     plan_file: str | None = None  # default: OUT with .plan.json
@@ -63,20 +69,28 @@ class PruneRequest:
 
     def check(self) -> None:
         """Bad settings fail before the model is loaded or exported, in one line: a typo costs nothing."""
-        from xprune.prune.budget import check_max_map_drop, check_step_rate
+        from xprune.prune.budget import check_max_map_drop, check_search_split, check_step_rate
+        from xprune.prune.mac_target import check_target_macs
         from xprune.prune.plan import check_policy, check_rank, check_rate
 
         if self.max_map_drop is not None and self.rate is not None:
             raise XpruneError("--rate and --max-map-drop are exclusive: give one")
+        if self.target_macs is not None and self.rate is not None:
+            raise XpruneError("--rate and --target-macs are exclusive: give one")
+        if self.target_macs is not None and self.max_map_drop is not None:
+            raise XpruneError("--target-macs and --max-map-drop are exclusive: give one")
         if self.finetune_epochs is not None and self.max_map_drop is None:
             raise XpruneError("--finetune-epochs goes with --max-map-drop (iterative pruning under a budget)")
         check_rank(self.rank)
         check_policy(self.policy)
         check_step_rate(self.step_rate)
+        check_search_split(self.search_split)
         if self.rate is not None:
             check_rate(self.rate)
         if self.max_map_drop is not None:
             check_max_map_drop(self.max_map_drop)
+        if self.target_macs is not None:
+            check_target_macs(self.target_macs)
 
 
 def prune_checkpoint(request: PruneRequest, log: Log | None = None, progress: bool = False) -> Plan:
@@ -111,12 +125,19 @@ def load_for_pruning(request: PruneRequest) -> Detector:
 
 
 def choose_layers(detector: Detector, scores: dict, request: PruneRequest, log: Log, progress: bool) -> Plan:
-    """The plan: at the fixed rate, or searched under the budget (iteratively with fine-tuning when asked; the
-    detector is then left fine-tuned at the chosen plan)."""
+    """The plan: at the fixed rate, at the MAC target, or searched under the budget (iteratively with fine-tuning
+    when asked; the detector is then left fine-tuned at the chosen plan)."""
     from xprune.export.fold.analysis import fold_analysis_for  # the fold's per-layer view of the exported graph
     from xprune.prune.budget import budget_plan, iterative_budget_plan
     from xprune.prune.plan import plan_pruning
 
+    if request.target_macs is not None:
+        from xprune.prune.mac_target import plan_for_target
+        fold = fold_analysis_for(detector, log=log)
+        if fold is None:
+            raise XpruneError(f"--target-macs reads the exported ONNX graph; {detector.family} is not exported "
+                              f"through torch.onnx")
+        return plan_for_target(detector, scores, request.target_macs, request.policy, fold)
     fold = fold_analysis_for(detector, required=request.rank == "per-mac", log=log)
     if request.max_map_drop is None:
         rate = DEFAULT_RATE if request.rate is None else request.rate
@@ -124,14 +145,16 @@ def choose_layers(detector: Detector, scores: dict, request: PruneRequest, log: 
     if request.finetune_epochs is None:
         return budget_plan(detector, scores, request.data, request.max_map_drop, request.policy,
                            held_out_images=request.held_out_images, max_rate=request.max_rate,
-                           search_report=request.search_path, log=log, rank=request.rank, fold=fold)
+                           search_report=request.search_path, log=log, rank=request.rank, fold=fold,
+                           search_split=request.search_split)
     from xprune.prune.finetune import FinetuneSettings
     settings = FinetuneSettings(epochs=request.finetune_epochs, batch_size=request.finetune_batch_size,
-                                lr=request.finetune_lr)
+                                lr=request.finetune_lr, schedule=request.finetune_schedule, distill=request.distill,
+                                distill_weight=request.distill_weight)
     return iterative_budget_plan(detector, scores, request.data, request.max_map_drop, settings, request.steps_path,
                                  request.policy, request.rank, fold, request.step_rate, request.held_out_images,
                                  request.max_rate, request.finetune_images, search_report=request.search_path,
-                                 log=log, progress=progress)
+                                 log=log, progress=progress, search_split=request.search_split)
 
 
 __all__ = ["DEFAULT_RATE", "PruneRequest", "choose_layers", "load_for_pruning", "prune_checkpoint"]

@@ -66,7 +66,17 @@ class TrainSet:
     """The training split in memory: letterboxed images as uint8 [N, S, S, 3] and their targets in input pixels."""
 
     def __init__(self, data_dir: str | Path, size: int, limit: int | None = None):
-        ds = CocoDetectionSet.from_folder(data_dir, "train", size, limit=limit)
+        self.load(CocoDetectionSet.from_folder(data_dir, "train", size, limit=limit))
+
+    @classmethod
+    def of(cls, ds: CocoDetectionSet) -> TrainSet:
+        """The images of a dataset already opened (at its letterbox size)."""
+        out = cls.__new__(cls)
+        out.load(ds)
+        return out
+
+    def load(self, ds: CocoDetectionSet) -> None:
+        size = ds.size
         self.num_classes, self.category_ids, self.size = ds.num_classes, ds.category_ids, size
         self.images = np.empty((len(ds), size, size, 3), np.uint8)
         self.boxes: list[np.ndarray] = []

@@ -43,6 +43,13 @@ def test_auto_runs_every_stage_and_resumes(weights, synth_data, tmp_path, capsys
     assert state["stages"]["verdict"]["accuracy"]["decision"] in report
     plan = json.loads((out / "pruned.plan.json").read_text())
     assert all(f"`{c['layer']}`" in report for c in plan["selected"])
+    # which images each figure comes from: search on the first 4 val images, the verdict on the other 4
+    held = plan["budget"]["held_out"]
+    assert held["split"] == "val" and held["first"] == 0 and held["images"] == 4 and held["of"] == 8
+    assert state["stages"]["verdict"]["images"] == {"split": "val", "images": 4, "left_out": 4}
+    assert state["stages"]["verdict"]["accuracy"]["images"] == 4
+    assert "## Which images each figure comes from" in report and "val images 1–4 of 8" in report
+    assert "4 val images after the search's 4" in report and "the first 4 calib images" in report
 
     code, _, err = run_cli(["auto", "--weights", str(weights), "--data", str(synth_data), "--out", str(out),
                             *FAST], capsys)

@@ -157,14 +157,27 @@ def test_cli_evaluates_a_data_yaml(yolo_yaml, tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "m.json").read_text())[0]["map"] >= 0
 
 
-def test_the_budget_search_holds_out_the_calib_images_scored_on_a_data_yaml(yolo_yaml, synth_data):
+def test_the_budget_search_holds_out_the_calib_images_scored_on_a_data_yaml(yolo_yaml, synth_data, tmp_path):
     from xprune.data.coco import calibration_set
     from xprune.files import display_path
-    from xprune.prune.budget import held_out_split, scored_calib_images
+    from xprune.prune.budget import held_out_split, scored_images
 
-    for root in (yolo_yaml, synth_data):  # the same rule for both layouts
+    with_calib = _write_yolo_twin(synth_data, tmp_path / "c", calib=True)
+    for root in (with_calib, synth_data):  # the same rule for both layouts
         calib = calibration_set(root, 64, 3)
         scores = {"calibration": {"annotations": display_path(calib.annotations), "images": 3}}
-        assert scored_calib_images(scores, root) == 3
-        held = held_out_split(root, 64, 8, skip=3)
-        assert not set(held.image_ids) & set(calib.image_ids)
+        assert scored_images(scores, root, "calib") == 3 and scored_images(scores, root, "val") == 0
+        held = held_out_split(root, 64, 8, skip=3, split="calib")
+        assert not set(held.data.image_ids) & set(calib.image_ids)
+
+
+def test_a_data_yaml_without_calib_searches_on_val_never_on_its_train_images(yolo_yaml):
+    """Its calib split is the start of train: scoring there is allowed, measuring the budget there is refused."""
+    from xprune.prune.budget import held_out_split
+
+    with pytest.raises(XpruneError, match="'calib' images the budget search would measure on are train images"):
+        held_out_split(yolo_yaml, 64, 4, split="calib")
+    held = held_out_split(yolo_yaml, 64, 4)
+    assert held.split == "val" and len(held.data) == 4
+    val = CocoDetectionSet.from_folder(yolo_yaml, "val", 64)
+    assert held.data.image_ids == val.image_ids[:4]

@@ -49,6 +49,7 @@ def calib(synth_data):
     return calibration_set(synth_data, SIZE, 8)
 
 
+@pytest.mark.slow
 def test_raw_outputs_follow_the_detector_convention(det):
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     boxes, scores = det.raw(x)
@@ -227,6 +228,7 @@ def _path(name: str) -> tuple:
     return (*(int(p) if p.isdigit() else p for p in name.split(".")), "kernel")
 
 
+@pytest.mark.slow
 def test_safe_policy_skips_the_base_its_only_input_path():
     d = build_detector("tinyssd-jax", "none", num_classes=CLASSES, input_size=SIZE)
     doc = score_layers(d, "l1")
@@ -434,7 +436,7 @@ def test_cli_rejects_criteria_jax_does_not_compute(det, tmp_path, capsys):
     assert not (tmp_path / "s.json").exists()
 
 
-def test_masked_finetuning_refuses_a_jax_model_in_one_line(tmp_path, capsys):
+def test_finetuning_a_jax_checkpoint_without_a_plan_is_one_line(tmp_path, capsys):
     from cli_helpers import one_line_error, run_cli
     from xprune.models import save_checkpoint
     from xprune.models.jax.detector import build_tinyssd
@@ -444,4 +446,4 @@ def test_masked_finetuning_refuses_a_jax_model_in_one_line(tmp_path, capsys):
     save_checkpoint(det, path)
     code, _, err = run_cli(["finetune", "--model", "tinyssd-jax", "--weights", str(path), "--data", str(tmp_path),
                             "--epochs", "1", "--out", str(tmp_path / "ft.msgpack")], capsys)
-    assert code == 2 and "PyTorch families" in one_line_error(err)
+    assert code == 2 and "carries no pruning plan" in one_line_error(err)

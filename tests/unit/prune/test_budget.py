@@ -1,6 +1,8 @@
 """Accuracy-budget search: finds the largest k within the budget with a fake mAP (monotone, and with a
-non-monotone dip), reports every evaluation, validates the budget, restores the weights; the held-out split is
-disjoint from the scoring images; one small real run (YOLOv8n random init, 64 px, synthetic data)."""
+non-monotone dip), reports every evaluation, validates the budget, restores the weights; the held-out images are
+never train images (the first val images by default, half of val at most; a calib split drawn from train is
+refused) nor the scoring images, and the plan records which they were; one small real run (YOLOv8n random init,
+64 px, synthetic data)."""
 
 import dataclasses
 import json
@@ -8,12 +10,16 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
-from xprune.data.coco import calibration_set
+from xprune.data.coco import CocoDetectionSet, calibration_set
+from xprune.data.folder import DatasetWriter, ImageRecord
+from xprune.data.splits import shared_images
+from xprune.data.trees import calib_draw
 from xprune.errors import XpruneError
 from xprune.evaluate.coco_map import evaluate_map
 from xprune.importance.scores import score_layers
-from xprune.prune.budget import budget_plan, held_out_split, scored_calib_images
+from xprune.prune.budget import budget_plan, held_out_split, scored_images
 from xprune.prune.budget_search import search_rate
 from xprune.prune.plan import float64_probe, outputs_depend_on_input, plan_pruning
 
@@ -112,25 +118,58 @@ def test_bad_evaluate_and_policy(yolo, l1):
         search_rate(yolo, l1, fake_map({}), 0.1, policy="some")
 
 
+def test_held_out_images_are_the_first_val_images_never_train_ones(synth_data):
+    val = CocoDetectionSet.from_folder(synth_data, "val", SIZE)
+    held = held_out_split(synth_data, SIZE, 3)
+    assert held.split == "val" and held.data.image_ids == val.image_ids[:3] and held.total == 8
+    assert held_out_split(synth_data, SIZE, 100).data.image_ids == val.image_ids[:4]  # half of val at most
+    assert shared_images(held.data.image_paths(), synth_data, "train") == []
+    assert held.record() == {"split": "val", "first": 0, "images": 3, "of": 8, "image_ids": val.image_ids[:3],
+                             "annotations": held.record()["annotations"]}
+    assert held.record()["annotations"].endswith("instances_val.json")
+    assert held.describe() == "val images 1-3 of 8 (in image-id order)"
+    with pytest.raises(XpruneError, match="not on 'train'"):
+        held_out_split(synth_data, SIZE, 3, split="train")
+
+
 def test_held_out_split_is_disjoint_from_the_scoring_images(synth_data, tmp_path):
     calib = calibration_set(synth_data, SIZE, 4)
-    held = held_out_split(synth_data, SIZE, 100, skip=4)
-    assert len(held) == 4 and not set(held.image_ids) & set(calib.image_ids)
-    assert scored_calib_images({"calibration": {"annotations": str(calib.annotations), "images": 4}}, synth_data) == 4
-    assert scored_calib_images({"calibration": None}, synth_data) == 0
-    assert scored_calib_images({"calibration": {"annotations": "/elsewhere.json", "images": 4}}, synth_data) == 0
+    scores = {"calibration": {"annotations": str(calib.annotations), "images": 4}}
+    assert scored_images(scores, synth_data, "calib") == 4 and scored_images(scores, synth_data, "val") == 0
+    held = held_out_split(synth_data, SIZE, 100, skip=4, split="calib")  # a calib split disjoint from train
+    assert len(held.data) == 4 and held.first == 4 and not set(held.data.image_ids) & set(calib.image_ids)
+    assert scored_images({"calibration": None}, synth_data, "calib") == 0
+    assert scored_images({"calibration": {"annotations": "/elsewhere.json", "images": 4}}, synth_data, "calib") == 0
     with pytest.raises(XpruneError, match="were used for scoring"):
-        held_out_split(synth_data, SIZE, 4, skip=8)
+        held_out_split(synth_data, SIZE, 4, skip=8, split="calib")
+    with pytest.raises(XpruneError, match="at least 2 'val' images after the 7 scored on"):
+        held_out_split(synth_data, SIZE, 4, skip=7)
     (tmp_path / "annotations").mkdir()
-    with pytest.raises(XpruneError, match="'calib' split"):
+    with pytest.raises(XpruneError, match="'val' split"):
         held_out_split(tmp_path, SIZE, 4)
 
 
+def test_a_calib_split_drawn_from_train_is_refused(synth_data, tmp_path):
+    """The trees set's calib: train tiles written again. Measuring the budget there is refused in one line; the
+    default (val) works on the same dataset."""
+    train = [ImageRecord(p.name, Image.open(p).convert("RGB"), [(0, [2.0, 2.0, 30.0, 30.0])])
+             for p in CocoDetectionSet.from_folder(synth_data, "train", SIZE).image_paths()]
+    val = [ImageRecord(f"v{i}.jpg", Image.new("RGB", (32, 32), (40 * i, 0, 0)), [(0, [2.0, 2.0, 30.0, 30.0])])
+           for i in range(4)]
+    writer = DatasetWriter(tmp_path / "trees", ["circle"], "calib drawn from train", "t.json")
+    for split, records in (("train", train), ("val", val), ("calib", calib_draw(train, 6))):
+        writer.write_split(split, records)
+    root = writer.finish({}, splits=("train", "val", "calib"))
+    with pytest.raises(XpruneError, match=r"6 of the 6 'calib' images .* are train images too"):
+        held_out_split(root, SIZE, 6, split="calib")
+    assert len(held_out_split(root, SIZE, 6).data) == 2
+
+
 def test_real_search_safe_policy(yolo, synth_data):
-    """attr scores on the first 4 calib images, mAP on the other 4; random init: mAP is ~0, so this checks the
+    """attr scores on the first 4 calib images, mAP on the first 4 val images; random init: mAP is ~0, so this checks the
     plumbing (safe plans, zeroing, restoring, the final plan) rather than the choice."""
     scores = score_layers(yolo, "attr", calibration_set(synth_data, SIZE, 4), batch_size=4)
-    held = held_out_split(synth_data, SIZE, 4, skip=scored_calib_images(scores, synth_data))
+    held = held_out_split(synth_data, SIZE, 4, skip=scored_images(scores, synth_data, "val")).data
     before = _weights(yolo)
     lines = []
     report = search_rate(yolo, scores, lambda d: evaluate_map(d, held, batch_size=4)["map"], max_map_drop=0.01,
@@ -158,6 +197,8 @@ def test_budget_plan_carries_its_search_and_writes_it(yolo, l1, synth_data, tmp_
     assert plan.budget == {k: v for k, v in written.items() if k != "plan"}
     assert written["plan"] == dataclasses.replace(plan, budget=None).to_json()
     assert len(plan.selected) == written["chosen"]["k"] and plan.rate == written["rate"]
+    val = CocoDetectionSet.from_folder(synth_data, "val", SIZE)
+    assert plan.budget["held_out"]["split"] == "val" and plan.budget["held_out"]["image_ids"] == val.image_ids[:4]
     with pytest.raises(XpruneError, match="needs --data"):
         budget_plan(yolo, l1, None, 0.1)
     with pytest.raises(XpruneError, match="max-map-drop must be in"):

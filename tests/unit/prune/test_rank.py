@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cli_helpers import one_line_error, run_cli
+from unit.prune.biased_yolo import yolo_with_biases
 from xprune.errors import XpruneError
 from xprune.importance.scores import score_layers
 from xprune.models import build_detector
@@ -18,13 +19,7 @@ from xprune.prune.plan import (NO_GAIN_REASON, SKIP_REASON, Plan, Selection, flo
 
 @pytest.fixture(scope="module")
 def yolo():
-    det = build_detector("yolov8n", "none", num_classes=6, input_size=64)
-    g = torch.Generator().manual_seed(3)
-    for m in det.model.modules():  # nonzero fused biases, as in a trained model
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-    return det
+    return yolo_with_biases(64)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +59,7 @@ def fold_only_check(monkeypatch):
     monkeypatch.setattr("xprune.prune.plan._DependenceCheck.alive", lambda self, layers: True)
 
 
+@pytest.mark.slow
 def test_per_mac_is_the_greedy_by_score_per_marginal_mac(yolo, fold, l1, fold_only_check):
     plan = plan_pruning(yolo, l1, 0.15, "safe", rank="per-mac", fold=fold)
     k = len(plan.selected)

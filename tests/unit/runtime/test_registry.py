@@ -205,6 +205,7 @@ def test_bench_and_compare_find_a_new_backend(fake, tmp_path):
     assert report["passed"] and [o["name"] for o in report["outputs"]] == ["boxes", "scores"]
 
 
+@pytest.mark.slow
 def test_export_builds_a_new_backends_engine(fake, tmp_path, capsys):
     from xprune.cli import main
 

@@ -1,4 +1,5 @@
-"""The training loop: it learns, it checkpoints every epoch, and an interrupted run resumes to the same weights."""
+"""The training loop: it learns, it checkpoints every epoch, and an interrupted run resumes to the same weights (the
+time estimate before it changes nothing)."""
 
 import pytest
 import torch
@@ -17,10 +18,11 @@ def _detector(train):
     return build_detector("ssdlite320-mbv3", "none", num_classes=train.num_classes, input_size=128)
 
 
-@pytest.mark.parametrize("augment, precision", [("flip", "fp32"), ("ssd", "bf16")])
-def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path, augment, precision):
+@pytest.mark.slow
+@pytest.mark.parametrize("augment, precision, schedule", [("flip", "fp32", "one-cycle"), ("ssd", "bf16", "cosine")])
+def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path, augment, precision, schedule):
     train = CocoDetectionSet.from_folder(synth_data, "train", 128, limit=6)
-    settings = TrainSettings(epochs=2, batch_size=3, augment=augment, precision=precision)
+    settings = TrainSettings(epochs=2, batch_size=3, augment=augment, precision=precision, schedule=schedule)
 
     straight = _detector(train)
     first_conv = next(m for m in straight.model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -40,8 +42,9 @@ def test_interrupted_run_resumes_to_the_same_weights(synth_data, tmp_path, augme
         train_detector(resumed, train, settings, tmp_path / "b.pt", log=stop_after_first_epoch)
     fresh = _detector(train)  # a new process: only the state file carries over
     lines = []
-    history = train_detector(fresh, train, settings, tmp_path / "b.pt", log=lines.append)
+    history = train_detector(fresh, train, settings, tmp_path / "b.pt", log=lines.append, estimate=True)
     assert lines[0].startswith("resuming after epoch 1/2")
+    assert lines[1].startswith("estimated ") and "for 1 more epoch" in lines[1]
     assert [h["epoch"] for h in history] == [1, 2]
     for (name, a), b in zip(straight.model.state_dict().items(), fresh.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -69,3 +72,5 @@ def test_state_from_other_settings_and_bad_epochs_are_refused(synth_data, tmp_pa
         train_detector(det, train, TrainSettings(epochs=1, augment="mosaic"), tmp_path / "m.pt")
     with pytest.raises(XpruneError, match="unknown precision 'fp8'"):
         train_detector(det, train, TrainSettings(epochs=1, precision="fp8"), tmp_path / "p.pt")
+    with pytest.raises(XpruneError, match="unknown schedule 'step'"):
+        train_detector(det, train, TrainSettings(epochs=1, schedule="step"), tmp_path / "c.pt")
