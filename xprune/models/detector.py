@@ -109,6 +109,16 @@ class Detector:
                 convs[name].weight.zero_()
         return list(layers)
 
+    def nonzero_layers(self, layers: list[str]) -> list[str]:
+        """The layers of `layers` whose weights are not all zero."""
+        convs = self.conv_layers()
+        return [n for n in layers if bool(convs[n].weight.detach().any())]
+
+    def state_sha256(self) -> str:
+        """SHA-256 of every tensor of the model, by name: the identity of its weights in memory."""
+        from xprune.resume import arrays_sha256
+        return arrays_sha256(self.model.state_dict().items())
+
     def float64_probe(self) -> Detector:
         """A copy whose `outputs_depend_on_input` computes in float64 (the original stays untouched)."""
         probe = copy.deepcopy(self)

@@ -25,7 +25,7 @@ from xprune.files import display_path, write_json
 from xprune.models.detector import Detector
 from xprune.prune.budget_search import check_max_map_drop, check_step_rate, iterative_search, search_rate
 from xprune.prune.plan import Plan
-from xprune.resume import Stamp, arrays_sha256, input_identity, json_sha256
+from xprune.resume import Stamp, input_identity, json_sha256
 
 if TYPE_CHECKING:
     from xprune.export.fold.analysis import FoldAnalysis
@@ -178,7 +178,7 @@ def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | N
                                "train_images": len(train), "finetune": dataclasses.asdict(settings),
                                "step_rate": step_rate, "policy": policy, "rank": rank, "max_map_drop": max_map_drop,
                                "max_rate": max_rate},
-                              model=arrays_sha256(detector.model.state_dict().items()), scores=json_sha256(scores))
+                              model=detector.state_sha256(), scores=json_sha256(scores))
     stamp = Stamp(work / "search.json", identity, "pruning search steps")
     stamp.claim(work.glob("step-*.state.pt"))
 

@@ -25,7 +25,6 @@ from xprune.errors import XpruneError
 from xprune.files import file_sha256, write_json
 from xprune.models.detector import Detector
 from xprune.prune.plan import Plan
-from xprune.resume import arrays_sha256
 from xprune.train.distill import FORMULA, Distiller, distillation_unsupported, sums_over_images
 from xprune.train.loop import TrainSettings, train_detector, training_stamp
 from xprune.train.schedule import check_schedule, finetune_lr
@@ -134,19 +133,8 @@ def require_trainable(detector: Detector) -> None:
 
 
 def nonzero_layers(detector: Detector, layers: list[str]) -> list[str]:
-    """The layers of `layers` whose weights are not all zero, in either framework."""
-    if detector.framework == "jax":
-        from xprune.train.jax_finetune import nonzero_kernels
-        return nonzero_kernels(detector, layers)
-    convs = detector.conv_layers()
-    return [n for n in layers if bool(convs[n].weight.detach().any())]
-
-
-def model_digest(detector: Detector) -> str:
-    if detector.framework == "jax":
-        from xprune.train.jax_finetune import state_digest
-        return state_digest(detector)
-    return arrays_sha256(detector.model.state_dict().items())
+    """The layers of `layers` whose weights are not all zero (the detector's own check, in either framework)."""
+    return detector.nonzero_layers(layers)
 
 
 def distilling_teacher(student: Detector, settings: FinetuneSettings,
@@ -177,7 +165,7 @@ def stamp_inputs(layers: list[str], inputs: Mapping[str, Any] | None, settings: 
                  teacher: Detector | None) -> dict:
     """What a fine-tuning state's stamp records beside the training settings: the layers held at zero, the
     distillation (weight and teacher) and the caller's `inputs` (the weights it started from)."""
-    distill = {"weight": settings.distill_weight, "teacher": model_digest(teacher)} if teacher is not None else None
+    distill = {"weight": settings.distill_weight, "teacher": teacher.state_sha256()} if teacher is not None else None
     return {"layers": list(layers), "distill": distill, **dict(inputs or {})}
 
 

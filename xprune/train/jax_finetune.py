@@ -31,7 +31,6 @@ from xprune.files import atomic_path
 from xprune.models.jax.detector import JaxDetector
 from xprune.models.jax.pruning import kernel_path
 from xprune.models.jax.tinyssd import anchors, multibox_loss, raw_outputs
-from xprune.resume import arrays_sha256
 from xprune.train.distill import EPS, MIN_BOX_SIDE
 from xprune.train.jax_loop import TrainSet
 from xprune.train.loop import TrainSettings, check_settings, epoch_line, estimate_line, training_stamp
@@ -53,17 +52,6 @@ def distillation_terms(student: tuple[jax.Array, jax.Array], teacher: tuple[jax.
     d_box = (q * distance).sum(1) / jnp.maximum(q.sum(1), 1.0)
     reduce = jnp.sum if sum_images else jnp.mean
     return reduce(d_cls), reduce(d_box)
-
-
-def state_digest(detector: JaxDetector) -> str:
-    """SHA-256 of every array of the detector's module, by path."""
-    flat = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(detector.model)))
-    return arrays_sha256((".".join(map(str, k)), v) for k, v in sorted(flat.items(), key=lambda kv: str(kv[0])))
-
-
-def nonzero_kernels(detector: JaxDetector, layers: list[str]) -> list[str]:
-    convs = detector.conv_layers()
-    return [n for n in layers if bool(np.any(np.asarray(convs[n].kernel.get_value())))]
 
 
 def kept_mask(params: nnx.State, layers: list[str]) -> nnx.State:
@@ -196,5 +184,4 @@ def finetune_jax_layers(det: JaxDetector, train: CocoDetectionSet, layers: list[
     return history
 
 
-__all__ = ["distillation_terms", "finetune_jax_layers", "kept_mask", "make_optimizer", "nonzero_kernels",
-           "state_digest"]
+__all__ = ["distillation_terms", "finetune_jax_layers", "kept_mask", "make_optimizer"]

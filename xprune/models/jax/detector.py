@@ -77,6 +77,16 @@ class JaxDetector(Detector):
     def zero_layers(self, layers: list[str]) -> list[str]:
         return pruning.zero_layers(self, layers)
 
+    def nonzero_layers(self, layers: list[str]) -> list[str]:
+        convs = self.conv_layers()
+        return [n for n in layers if bool(np.any(np.asarray(convs[n].kernel.get_value())))]
+
+    def state_sha256(self) -> str:
+        """SHA-256 of every array of the module, by path."""
+        from xprune.resume import arrays_sha256
+        flat = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(self.model)))
+        return arrays_sha256((".".join(map(str, k)), v) for k, v in sorted(flat.items(), key=lambda kv: str(kv[0])))
+
     def float64_probe(self) -> JaxDetector:
         """A copy (the original stays untouched); its `outputs_depend_on_input` computes in float64 whatever the
         copy's dtype."""
