@@ -133,12 +133,9 @@ def choose_layers(detector: Detector, scores: dict, request: PruneRequest, log: 
 
     if request.target_macs is not None:
         from xprune.prune.mac_target import plan_for_target
-        fold = fold_analysis_for(detector, log=log)
-        if fold is None:
-            raise XpruneError(f"--target-macs reads the exported ONNX graph; {detector.family} is not exported "
-                              f"through torch.onnx")
+        fold = fold_analysis_for(detector, "--target-macs", log=log)
         return plan_for_target(detector, scores, request.target_macs, request.policy, fold)
-    fold = fold_analysis_for(detector, required=request.rank == "per-mac", log=log)
+    fold = fold_analysis_for(detector, "the per-mac ranking" if request.rank == "per-mac" else None, log=log)
     if request.max_map_drop is None:
         rate = DEFAULT_RATE if request.rate is None else request.rate
         return plan_pruning(detector, scores, rate, request.policy, request.rank, fold)

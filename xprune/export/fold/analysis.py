@@ -287,24 +287,18 @@ def macs_by_folding(analysis: FoldAnalysis, zeroed: Iterable[str] = ()) -> int:
     return count_macs_slimmed(fold_with_zeroed(analysis, zeroed)[0])
 
 
-def fold_analysis_for(detector: Detector, required: bool = False, log=lambda message: None) -> FoldAnalysis | None:
+def fold_analysis_for(detector: Detector, needed_by: str | None = None,
+                      log=lambda message: None) -> FoldAnalysis | None:
     """`FoldAnalysis.of(detector)` for a PyTorch detector; None for one the ONNX export does not cover (a JAX
-    model), which is an error only when `required` (the per-mac ranking)."""
-    if getattr(detector, "framework", "torch") != "torch":
-        if required:
-            raise XpruneError(f"the per-mac ranking reads the exported ONNX graph; {detector.family} is not exported "
+    model), which is an error when `needed_by` names what cannot do without it ("--target-macs")."""
+    if detector.framework != "torch":
+        if needed_by:
+            raise XpruneError(f"{needed_by} reads the exported ONNX graph; {detector.family} is not exported "
                               f"through torch.onnx")
         return None
     log("exporting once to measure what the fold removes per candidate layer")
     return FoldAnalysis.of(detector)
 
 
-def branch_macs(detector: Detector, layers: Iterable[str] | None = None) -> dict[str, int]:
-    """{layer: MACs the fold removes if that layer alone is zeroed} for `layers` (default: every conv)."""
-    analysis = FoldAnalysis.of(detector)
-    names = list(layers) if layers is not None else analysis.layers
-    return {n: b.macs for n, b in analysis.branches(names).items()}
-
-
-__all__ = ["Branch", "FoldAnalysis", "FoldOutcome", "branch_macs", "fold_analysis_for", "fold_with_zeroed",
+__all__ = ["Branch", "FoldAnalysis", "FoldOutcome", "fold_analysis_for", "fold_with_zeroed",
            "layer_nodes", "macs_by_folding"]
