@@ -56,6 +56,33 @@ def image_sets(s: dict, stages: dict, plan: dict) -> list[str]:
     return lines
 
 
+def speed_sources(stages: dict) -> list[str]:
+    """Where the speed comes from: output levels that never fire, or layers that detect."""
+    split = stages.get("levels")
+    if not split:
+        return []
+    lines = ["", "## Where the speed comes from", ""]
+    if not split.get("available"):
+        return lines + [f"Not split: {split.get('why', 'no level record')}."]
+    usage = ", ".join(f"{lv['level']} {lv['above_threshold']} (max score {lv['max_score']:.4f})"
+                      for lv in split["levels"])
+    lines.append(f"Outputs above {split['threshold']} per level on the search's {split['images']} images: {usage}. "
+                 + (f"Silent: {', '.join(split['silent_levels'])}." if split["silent_levels"] else "No level is silent."))
+    removed = split["removed_macs"] or 1
+    lines += ["", "| part of the plan | layers | MACs the fold removes | latency ratio (paired) |", "|---|---:|---:|---|"]
+    silent_ratio = stages.get("bench", {}).get("silent_latency")
+    full = stages.get("bench", {}).get("latency")
+    live = (full["median"] / silent_ratio["median"]) if silent_ratio and full and full.get("median") else None
+    lines.append(f"| silent levels only (`silent.onnx`) | {len(split['silent_layers'])} | "
+                 f"{_mmacs(split['silent_macs'])} ({100 * split['silent_macs'] / removed:.0f} %) | "
+                 f"{_ratio(silent_ratio) if silent_ratio else '1 (nothing removed)'} |")
+    live_layers = stages.get("prune", {}).get("layers_zeroed", 0) - len(split["silent_layers"])
+    lines.append(f"| live layers (the rest) | {live_layers} | {_mmacs(split['live_macs'])} "
+                 f"({100 * split['live_macs'] / removed:.0f} %) | "
+                 + (f"{live:.3f} (the whole plan's ratio over the silent-only one)" if live else _ratio(full)) + " |")
+    return lines
+
+
 def render(out: Path) -> str:
     state = read_json(out / "auto.json", "auto state")
     s, stages = state["settings"], state["stages"]
@@ -100,8 +127,22 @@ def render(out: Path) -> str:
               "| layer | score | conv MACs | MACs the fold removes with it alone | why |", "|---|---:|---:|---:|---|"]
     lines += [f"| `{c['layer']}` | {c['score']:.4g} | {_mmacs(c.get('macs'))} | {_mmacs(c.get('fold_macs'))} | "
               f"{c['reason']} |" for c in plan["selected"]]
+    lines += speed_sources(stages)
     path = (plan.get("budget") or {}).get("path") or []
-    if path:
+    if path and "goal" in path[0]:
+        walk = plan["budget"]
+        lines += ["", "## The walk toward the MAC target, step by step", "",
+                  f"Toward {100 * walk['target_macs']:g} % of the exported MACs in steps of "
+                  f"{100 * walk['step_macs']:g} % (halved after a step over budget); stopped by the "
+                  f"{walk['stopped_by']}. Measured on {_searched(plan)}.", "",
+                  "| step | goal | MACs removed | layers added | mAP zeroed | mAP fine-tuned | drop | kept |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {p['step']} | {100 * p['goal']:.1f} % | {100 * p['reached']:.1f} % | {len(p['layers'])} | "
+                  f"{p['map_zeroed']:.4f} | "
+                  f"{DASH if p['map_finetuned'] is None else format(p['map_finetuned'], '.4f')} | {p['drop']:+.4f} | "
+                  f"{'yes' if p['kept'] else 'no'} |" for p in path]
+        lines += ["", "A step within the budget as zeroed is kept without fine-tuning (–)."]
+    elif path:
         lines += ["", "## The budget search, step by step", "",
                   f"Measured on {_searched(plan)}.", "",
                   "| step | layers | mAP zeroed | mAP fine-tuned | drop | kept |", "|---:|---:|---:|---:|---:|---|"]

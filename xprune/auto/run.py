@@ -2,10 +2,15 @@
 
     scores.json                 attr (or --method) scores on the first `score_images` calib images (a warning
                                 when they are train images: fine for scores, never for the budget)
-    pruned.pt, pruned.plan.json the budgeted plan: iterative with fine-tuning (`--finetune-epochs` > 0) or the
-                                plain rate search, mAP measured on the first `held_out_images` val images
-    baseline.onnx, model.onnx   the unpruned and the pruned model exported the same way (onnxslim, the fold)
-    bench.json                  both timed interleaved with an A/A copy of the baseline, mAP of each per image;
+    pruned.pt, pruned.plan.json the budgeted plan: by default a walk toward `target_macs` of the exported MACs in
+                                steps of `step_macs`, each step over budget fine-tuned with distillation from the
+                                unpruned model (`--search rate`: the layer-count search), mAP measured on the first
+                                `held_out_images` val images
+    levels (in auto.json)       which output levels never fire on those images, and which zeroed layers only fed
+                                them (`xprune.auto.levels`)
+    baseline.onnx, model.onnx   the unpruned and the pruned model exported the same way (onnxslim, the fold);
+    silent.onnx                 the unpruned model with only the silent levels' layers of the plan zeroed
+    bench.json                  all timed interleaved with an A/A copy of the baseline, mAP of each per image;
                                 the verdict's mAP leaves out the val images the search measured on
                                 (`xprune.auto.image_sets`)
     auto.json                   the arguments, each stage's time, files and inputs, the verdicts; report.md from it
@@ -48,12 +53,16 @@ class AutoSettings:
     score_images: int = 32  # calib images scored on
     held_out_images: int = 64  # the budget search measures on the first N images of search_split
     search_split: str = "val"  # never train; on val, the report's mAP is on the val images after the search's
-    rank: str = "plain"
-    finetune_epochs: int = 1  # per step of the iterative search; 0: the plain rate search, no fine-tuning
-    finetune_images: int | None = 256
+    search: str = "mac-target"  # or "rate": the largest number of layers within the budget
+    target_macs: float = 0.5  # the walk's goal; the budget usually stops it first
+    step_macs: float = 0.05
+    rank: str = "plain"  # the rate search's ranking
+    finetune_epochs: int = 2  # after a step over budget; 0: no fine-tuning
+    finetune_images: int | None = None  # None: the whole train split
     finetune_batch_size: int = 16
     finetune_lr: float | None = None  # default: a fraction of the family's reference learning rate
-    step_rate: float = 0.05
+    distill: bool = True  # fine-tuning distils from the unpruned model
+    step_rate: float = 0.05  # the rate search's step, in candidate layers
     max_rate: float | None = 0.5
     val_images: int | None = None  # the report's mAP: N val images after the search's (default all of them)
     runs: int = 100  # interleaved timing rounds
@@ -66,16 +75,25 @@ class AutoSettings:
         return {k: v for k, v in asdict(self).items() if k != "out"}
 
 
+SEARCHES = ("mac-target", "rate")
+
+
 def prune_request(s: AutoSettings, family: str | None = None) -> PruneRequest:
-    """The prune stage: the budget search on OUT/scores.json over the safe candidates, in steps with fine-tuning
-    unless `finetune_epochs` is 0; OUT/pruned.pt and its plan, search record and steps beside it."""
+    """The prune stage on OUT/scores.json over the safe candidates: the walk toward the MAC target under the budget
+    (or the rate search), fine-tuning after a step over budget unless `finetune_epochs` is 0; OUT/pruned.pt and its
+    plan, search record and steps beside it."""
+    if s.search not in SEARCHES:
+        raise XpruneError(f"unknown search '{s.search}'; choose one of: {', '.join(SEARCHES)}")
     out = Path(s.out)
+    walk = s.search == "mac-target"
     return PruneRequest(weights=str(s.weights), scores=str(out / "scores.json"), out=str(out / "pruned.pt"),
                         model=s.model or family, data=s.data, max_map_drop=s.max_map_drop, policy="safe",
+                        target_macs=s.target_macs if walk else None, step_macs=s.step_macs,
                         rank=s.rank, held_out_images=s.held_out_images, search_split=s.search_split,
-                        max_rate=s.max_rate,
+                        max_rate=None if walk else s.max_rate,
                         finetune_epochs=s.finetune_epochs or None, finetune_batch_size=s.finetune_batch_size,
-                        finetune_lr=s.finetune_lr, finetune_images=s.finetune_images, step_rate=s.step_rate)
+                        finetune_lr=s.finetune_lr, finetune_images=s.finetune_images, step_rate=s.step_rate,
+                        distill=s.distill)
 
 
 def check(s: AutoSettings) -> None:
@@ -184,18 +202,38 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
 
     job.stage("prune", ["pruned.pt", "pruned.plan.json"], prune, inputs=["scores.json"])
 
+    def levels() -> dict:
+        from xprune.auto.levels import silent_split
+        from xprune.prune.budget import held_out_split
+        plan = read_json(out / "pruned.plan.json", "plan")
+        held = plan["budget"]["held_out"]
+        images = held_out_split(s.data, det.input_size, held["images"], skip=held["first"], split=held["split"])
+        return silent_split(det, [c["layer"] for c in plan["selected"]], images.data)
+
+    split = job.stage("levels", ["pruned.plan.json"], levels, inputs=["pruned.plan.json"])
+    silent = bool(split.get("silent_layers"))
+    files = ["baseline.onnx", "model.onnx"] + (["silent.onnx"] if silent else [])
+
     def export() -> dict:
+        import copy
+
         from xprune.export.onnx_export import export_onnx
         from xprune.models import load_checkpoint
         base = export_onnx(det, out / "baseline.onnx", fold=True, log=log)  # the same passes: nothing to fold
         pruned = load_checkpoint(out / "pruned.pt", det.family, det.input_size)
         model = export_onnx(pruned, out / "model.onnx", fold=True, log=log)
         write_json(out / "model.onnx.json", model)
-        return {"baseline": {k: base[k] for k in ("nodes_after", "macs_after", "params")},
-                "model": {k: model[k] for k in ("nodes_after", "macs_after", "params", "removed_mac_fraction",
-                                                 "dead_outputs")}}
+        record = {"baseline": {k: base[k] for k in ("nodes_after", "macs_after", "params")},
+                  "model": {k: model[k] for k in ("nodes_after", "macs_after", "params", "removed_mac_fraction",
+                                                   "dead_outputs")}}
+        if silent:  # the unpruned weights with only the silent levels' part of the plan zeroed
+            only = copy.deepcopy(det)
+            only.zero_layers(split["silent_layers"])
+            record["silent"] = {k: v for k, v in export_onnx(only, out / "silent.onnx", fold=True, log=log).items()
+                                if k in ("macs_after", "removed_mac_fraction")}
+        return record
 
-    job.stage("export", ["baseline.onnx", "model.onnx"], export, inputs=["pruned.pt"])
+    job.stage("export", files, export, inputs=["pruned.pt", "pruned.plan.json"])
 
     def bench() -> dict:
         from xprune.bench.latency import LatencyProtocol
@@ -205,8 +243,9 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
 
         copy = out / "baseline-copy.onnx"  # the A/A control: the same bytes as a second target
         shutil.copyfile(out / "baseline.onnx", copy)
-        targets = [open_target(p, threads=s.threads) for p in (out / "baseline.onnx", copy, out / "model.onnx")]
-        for t, role in zip(targets, ("baseline", "aa-copy", "candidate")):
+        paths = [out / "baseline.onnx", copy, out / "model.onnx"] + ([out / "silent.onnx"] if silent else [])
+        targets = [open_target(p, threads=s.threads) for p in paths]
+        for t, role in zip(targets, ("baseline", "aa-copy", "candidate", "silent-levels-only")):
             t.info["role"] = role
         protocol = LatencyProtocol(warmup_runs=10, warmup_s=1.0, runs=s.runs, min_s=0.0)
         held = searched_images(read_json(out / "pruned.plan.json", "plan"))
@@ -216,10 +255,13 @@ def run_auto(s: AutoSettings, log: Log = print, command: str = "xprune auto") ->
         add_speedups(doc)
         write_results(out / "bench.json", doc)
         copy.unlink()
-        base, aa, model = doc["rows"]
-        return {"latency": paired_summary(model, base), "aa_control": paired_summary(aa, base)}
+        base, aa, model = doc["rows"][:3]
+        record = {"latency": paired_summary(model, base), "aa_control": paired_summary(aa, base)}
+        if silent:
+            record["silent_latency"] = paired_summary(doc["rows"][3], base)
+        return record
 
-    job.stage("bench", ["bench.json"], bench, inputs=["baseline.onnx", "model.onnx"])
+    job.stage("bench", ["bench.json"], bench, inputs=files)
 
     def verdict() -> dict:
         from xprune.bench.gate import judge_accuracy

@@ -13,6 +13,8 @@ def cmd_auto(args) -> None:
     s = AutoSettings(weights=args.weights, data=args.data, out=args.out, model=args.model, method=args.method,
                      max_map_drop=args.max_map_drop, score_images=args.score_images, search_split=args.search_split,
                      held_out_images=args.held_out_images, rank=args.rank, finetune_epochs=args.finetune_epochs,
+                     search=args.search, target_macs=args.target_macs, step_macs=args.step_macs,
+                     distill=not args.no_distill,
                      finetune_images=args.finetune_images, step_rate=args.step_rate, max_rate=args.max_rate,
                      val_images=args.val_images, runs=args.runs, threads=args.threads, engine=args.engine,
                      fp16=args.fp16)
@@ -38,12 +40,20 @@ def add_parsers(sub) -> None:
                         "the report on the rest)")
     p.add_argument("--held-out-images", type=positive_int, default=d.held_out_images,
                    help="images of the search split the budget is measured on (at most half of val)")
-    p.add_argument("--rank", default=d.rank, help="plain (default) or per-mac")
+    p.add_argument("--search", default=d.search,
+                   help="mac-target (default): walk toward --target-macs of the exported MACs in steps of "
+                        "--step-macs until the budget stops it; rate: the largest number of layers within the budget")
+    p.add_argument("--target-macs", type=float, default=d.target_macs,
+                   help=f"the walk's goal, a fraction of the exported MACs (default {d.target_macs})")
+    p.add_argument("--step-macs", type=float, default=d.step_macs, help=f"the walk's step (default {d.step_macs})")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
-                   help=f"per pruning step (default {d.finetune_epochs}); 0: no fine-tuning, a plain rate search")
-    p.add_argument("--finetune-images", type=positive_int, default=d.finetune_images)
-    p.add_argument("--step-rate", type=float, default=d.step_rate)
-    p.add_argument("--max-rate", type=float, default=d.max_rate)
+                   help=f"after a step over the budget (default {d.finetune_epochs}); 0: no fine-tuning")
+    p.add_argument("--finetune-images", type=positive_int, default=d.finetune_images,
+                   help="fine-tune on the first N train images (default: all)")
+    p.add_argument("--no-distill", action="store_true", help="fine-tune without distillation from the unpruned model")
+    p.add_argument("--rank", default=d.rank, help="the rate search's ranking: plain (default) or per-mac")
+    p.add_argument("--step-rate", type=float, default=d.step_rate, help="the rate search's step, in layers")
+    p.add_argument("--max-rate", type=float, default=d.max_rate, help="the rate search's largest rate")
     p.add_argument("--val-images", type=positive_int, default=None,
                    help="report mAP on N val images after the search's")
     p.add_argument("--runs", type=positive_int, default=d.runs, help="interleaved timing rounds")

@@ -56,7 +56,8 @@ def cmd_prune(args) -> None:
                            policy=args.candidates, rank=args.rank, held_out_images=args.held_out_images,
                            max_rate=args.max_rate, finetune_epochs=args.finetune_epochs,
                            finetune_batch_size=args.finetune_batch_size, finetune_lr=args.finetune_lr,
-                           finetune_images=args.finetune_images, step_rate=args.step_rate, plan_file=args.plan,
+                           finetune_images=args.finetune_images, step_rate=args.step_rate, step_macs=args.step_macs,
+                           plan_file=args.plan,
                            search_file=args.search_report, search_split=args.search_split,
                            finetune_schedule=args.finetune_schedule, distill=not args.no_distill,
                            distill_weight=args.distill_weight)
@@ -144,7 +145,8 @@ def add_parsers(sub) -> None:
                         "the first --held-out-images of --search-split) is <= D (absolute, 0.01 = one point)")
     p.add_argument("--target-macs", type=float, default=None,
                    help="instead of --rate: remove at least this fraction of the exported MACs, in (0, 1), zeroing "
-                        "the least total importance (the choice is by MACs itself: --rank does not apply)")
+                        "the least total importance (the choice is by MACs itself: --rank does not apply); with "
+                        "--max-map-drop: walk toward it in steps of --step-macs, stopping where the budget does")
     p.add_argument("--search-split", default=d.search_split,
                    help="split the mAP budget is measured on (default val: its first images; never train)")
     p.add_argument("--held-out-images", type=positive_int, default=d.held_out_images,
@@ -155,8 +157,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--rank", default=d.rank,
                    help="plain (default): lowest score first; per-mac: lowest score per MAC the fold removes first")
     p.add_argument("--finetune-epochs", type=positive_int, default=None,
-                   help="with --max-map-drop: prune in steps, fine-tuning E epochs on the train split after each")
+                   help="with --max-map-drop: prune in steps, fine-tuning E epochs on the train split after a step "
+                        "over the budget")
     p.add_argument("--step-rate", type=float, default=d.step_rate, help="fraction of candidate layers zeroed per step")
+    p.add_argument("--step-macs", type=float, default=d.step_macs,
+                   help="with --target-macs and --max-map-drop: fraction of the MACs each step removes (default "
+                        f"{d.step_macs})")
     p.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
                    help="default: a fraction of the family's reference learning rate")
     p.add_argument("--finetune-schedule", default=d.finetune_schedule, help="one-cycle (default) or cosine")

@@ -152,6 +152,11 @@ class Detector:
         """(level name, raw outputs per image) for each output level, in the order of `raw`'s outputs."""
         raise XpruneError(f"{self.family}: output levels are known for one-stage detectors only")
 
+    def level_head_layers(self, level: str) -> list[str]:
+        """The convs whose zeroing removes one output level (`output_levels` names it): the fold then drops the
+        level's head branches and whatever feeds only them."""
+        raise XpruneError(f"{self.family}: removing one output level is not written for this family")
+
     def raw_onnx(self, batch: int, opset: int, input_name: str, output_names: list[str]) -> onnx.ModelProto:
         """The raw head path as an ONNX model held in memory (static shape, weights as initializers), by torch.onnx."""
         import onnx

@@ -129,6 +129,21 @@ class YoloDetector(Detector):
         strides = [int(s) for s in detect.stride.tolist()]
         return [(f"stride {s}", (self.input_size // s) ** 2) for s in strides]
 
+    def level_head_layers(self, level: str) -> list[str]:
+        """The first conv of the level's box branch (cv2) and class branch (cv3) in the Detect head."""
+        names = [n for n, _ in self.output_levels()]
+        if level not in names:
+            raise XpruneError(f"{self.family} has no output level '{level}' (it has: {', '.join(names)})")
+        index, head = names.index(level), len(self.model.model) - 1  # type: ignore[arg-type]
+        layers = []
+        for branch in ("cv2", "cv3"):
+            prefix = f"model.{head}.{branch}.{index}."
+            first = next((n for n in self.conv_layers() if n.startswith(prefix)), None)
+            if first is None:
+                raise XpruneError(f"{self.family}'s head has no conv under {prefix}: not an Ultralytics Detect head")
+            layers.append(first)
+        return layers
+
 
 def decode_yolo_output(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """YOLOv8's detection output [B, 4 + C, N] (cx, cy, w, h in input pixels, then per-class sigmoid scores) ->

@@ -151,6 +151,52 @@ def budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_m
     return dataclasses.replace(search.plan, budget={**search.record(), "held_out": held.record()})
 
 
+class StepTraining:
+    """Fine-tuning between a search's steps on DATA's train split, distilled from the model as it came: each step's
+    training state lives in `work_dir` (named by its layers), stamped beside the stamp of the search's inputs
+    (search.json: the model's weights, the scores, the data, the settings), so an interrupted search rerun with the
+    same inputs replays the finished steps without training them again; another search's steps are refused in one
+    line. `release` removes them once the search is complete."""
+
+    def __init__(self, detector: Detector, scores: dict, data: str | Path, settings: FinetuneSettings,
+                 work_dir: str | Path, held: HeldOut, search: dict, train_images: int | None = None,
+                 log: Callable[[str], None] | None = None, progress: bool = False):
+        from xprune.prune.finetune import train_split
+
+        if detector.framework != "torch":  # its steps' identity and the fold analysis read a torch model
+            raise XpruneError(f"the iterative search with fine-tuning is implemented for the PyTorch families; "
+                              f"{detector.family} is a {detector.framework} model")
+        self.settings, self.log, self.progress = settings, log or (lambda message: None), progress
+        self.teacher = copy.deepcopy(detector) if settings.distill else None  # every step distils from the start
+        self.train = train_split(data, detector.input_size, train_images)
+        self.work = Path(work_dir)
+        identity = input_identity({"data": str(Path(data).resolve()), "held_out": [held.split, held.data.image_ids],
+                                   "train_images": len(self.train), "finetune": dataclasses.asdict(settings),
+                                   **search},
+                                  model=detector.state_sha256(), scores=json_sha256(scores))
+        self.stamp = Stamp(self.work / "search.json", identity, "pruning search steps")
+        self.stamp.claim(self.work.glob("step-*.state.pt"))
+
+    def record(self) -> dict:
+        return {**dataclasses.asdict(self.settings), "train_images": len(self.train)}
+
+    def __call__(self, det: Detector, layers: list[str], step: int) -> dict:
+        from xprune.prune.finetune import finetune_layers
+
+        digest = hashlib.sha256("\n".join(layers).encode()).hexdigest()[:12]
+        history = finetune_layers(det, self.train, layers, self.settings,
+                                  self.work / f"step-{len(layers)}-{digest}.state.pt", log=self.log,
+                                  progress=self.progress, teacher=self.teacher)
+        return {"epochs": len(history), "loss": history[-1]["loss"],
+                "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history)}
+
+    def release(self) -> None:
+        """The search is complete: nothing left to resume (the steps' states, their stamps, the search's stamp)."""
+        self.stamp.release(*self.work.glob("step-*.state.pt"), *self.work.glob("step-*.state.json"))
+        with contextlib.suppress(OSError):
+            self.work.rmdir()
+
+
 def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | None, max_map_drop: float,
                           settings: FinetuneSettings, work_dir: str | Path, policy: str = "safe",
                           rank: str = "plain", fold: FoldAnalysis | None = None, step_rate: float = 0.05,
@@ -158,51 +204,57 @@ def iterative_budget_plan(detector: Detector, scores: dict, data: str | Path | N
                           search_report: str | Path | None = None, log: Callable[[str], None] | None = None,
                           progress: bool = False, search_split: str = SEARCH_SPLIT) -> Plan:
     """`iterative_search` on DATA: mAP on the held-out images (as `budget_plan`), fine-tuning on the train
-    split. Each step's training state lives in `work_dir` (named by its layers), stamped beside the stamp of the
-    search's inputs (search.json: the model's weights, the scores, the data, the settings), so an interrupted search
-    rerun with the same inputs replays the finished steps without training them again; another search's steps are
-    refused in one line. The detector is left fine-tuned at the chosen plan, which carries the search and its
-    held-out images as `budget`."""
-    from xprune.prune.finetune import finetune_layers, train_split
-
-    if detector.framework != "torch":  # its steps' identity and the fold analysis read a torch model
-        raise XpruneError(f"the iterative search with fine-tuning is implemented for the PyTorch families; "
-                          f"{detector.family} is a {detector.framework} model")
+    split between steps (`StepTraining`, resumable). The detector is left fine-tuned at the chosen plan, which
+    carries the search and its held-out images as `budget`."""
     max_map_drop, step_rate = check_max_map_drop(max_map_drop), check_step_rate(step_rate)
-    teacher = copy.deepcopy(detector) if settings.distill else None  # every step distils from the unpruned model
     held = search_images(detector, scores, data, held_out_images, search_split, log)
-    train = train_split(data, detector.input_size, train_images)
-    work = Path(work_dir)
-    say = log or (lambda message: None)
-    identity = input_identity({"data": str(Path(data).resolve()), "held_out": [held.split, held.data.image_ids],
-                               "train_images": len(train), "finetune": dataclasses.asdict(settings),
-                               "step_rate": step_rate, "policy": policy, "rank": rank, "max_map_drop": max_map_drop,
-                               "max_rate": max_rate},
-                              model=detector.state_sha256(), scores=json_sha256(scores))
-    stamp = Stamp(work / "search.json", identity, "pruning search steps")
-    stamp.claim(work.glob("step-*.state.pt"))
+    assert data is not None  # search_images refuses a search without data
+    training = StepTraining(detector, scores, data, settings, work_dir, held,
+                            {"step_rate": step_rate, "policy": policy, "rank": rank, "max_map_drop": max_map_drop,
+                             "max_rate": max_rate}, train_images, log, progress)
+    search = iterative_search(detector, scores, lambda d: evaluate_map(d, held.data)["map"], training,
+                              max_map_drop, step_rate, policy, rank, fold, max_rate, finetune_record=training.record(),
+                              log=log)
+    return finished(search, held, training, search_report, max_map_drop, "after fine-tuning")
 
-    def finetune(det: Detector, layers: list[str], step: int) -> dict:
-        digest = hashlib.sha256("\n".join(layers).encode()).hexdigest()[:12]
-        history = finetune_layers(det, train, layers, settings, work / f"step-{len(layers)}-{digest}.state.pt",
-                                  log=say, progress=progress, teacher=teacher)
-        return {"epochs": len(history), "loss": history[-1]["loss"],
-                "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history)}
 
-    record = {**dataclasses.asdict(settings), "train_images": len(train)}
-    search = iterative_search(detector, scores, lambda d: evaluate_map(d, held.data)["map"], finetune, max_map_drop,
-                              step_rate, policy, rank, fold, max_rate, finetune_record=record, log=log)
+def iterative_target_plan(detector: Detector, scores: dict, data: str | Path | None, target: float,
+                          max_map_drop: float, settings: FinetuneSettings | None, work_dir: str | Path,
+                          policy: str = "safe", step_macs: float = 0.05, held_out_images: int = 64,
+                          train_images: int | None = None, search_report: str | Path | None = None,
+                          log: Callable[[str], None] | None = None, progress: bool = False,
+                          search_split: str = SEARCH_SPLIT) -> Plan:
+    """`iterative_target_search` on DATA: steps of `step_macs` of the MACs toward `target`, mAP on the held-out
+    images, fine-tuning (with `settings`; None: never) on the train split after a step over budget. The detector
+    is left at the last kept step; the plan carries the search and its held-out images as `budget`."""
+    from xprune.prune.target_steps import check_step_macs, iterative_target_search
+
+    max_map_drop, step_macs = check_max_map_drop(max_map_drop), check_step_macs(step_macs)
+    held = search_images(detector, scores, data, held_out_images, search_split, log)
+    assert data is not None
+    training = None if settings is None else StepTraining(
+        detector, scores, data, settings, work_dir, held,
+        {"target_macs": target, "step_macs": step_macs, "policy": policy, "max_map_drop": max_map_drop},
+        train_images, log, progress)
+    search = iterative_target_search(detector, scores, lambda d: evaluate_map(d, held.data)["map"], training, target,
+                                     max_map_drop, step_macs, policy,
+                                     finetune_record=training.record() if training else None, log=log)
+    return finished(search, held, training, search_report, max_map_drop, "toward the MAC target")
+
+
+def finished(search, held: HeldOut, training: StepTraining | None, search_report: str | Path | None,
+             max_map_drop: float, how: str) -> Plan:
+    """Write the search's record, release its training states, and return its plan (or say none was kept)."""
     if search_report is not None:
         write_json(search_report, {**search.to_json(), "held_out": held.record()})
-    # the search is complete: nothing left to resume (the steps' states, their stamps, the search's stamp)
-    stamp.release(*work.glob("step-*.state.pt"), *work.glob("step-*.state.json"))
-    with contextlib.suppress(OSError):
-        work.rmdir()
+    if training is not None:
+        training.release()
     if search.plan is None:
         where = f" (search written to {search_report})" if search_report is not None else ""
-        raise XpruneError(f"no step keeps the mAP drop within {max_map_drop} after fine-tuning{where}")
+        raise XpruneError(f"no step keeps the mAP drop within {max_map_drop} {how}{where}")
     return dataclasses.replace(search.plan, budget={**search.record(), "held_out": held.record()})
 
 
-__all__ = ["SEARCH_SPLIT", "HeldOut", "budget_plan", "check_max_map_drop", "check_search_split", "check_step_rate",
-           "held_out_split", "iterative_budget_plan", "scored_images", "search_images"]
+__all__ = ["SEARCH_SPLIT", "HeldOut", "StepTraining", "budget_plan", "check_max_map_drop", "check_search_split",
+           "check_step_rate", "finished", "held_out_split", "iterative_budget_plan", "iterative_target_plan",
+           "scored_images", "search_images"]

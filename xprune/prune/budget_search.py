@@ -120,7 +120,7 @@ def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector],
     if max_rate is not None:
         top = min(top, round(check_rate(max_rate) * n))
 
-    baseline = _measure(evaluate, detector)
+    baseline = measure_map(evaluate, detector)
     say(f"baseline mAP {baseline:.4f} ({n} candidate layers, budget {max_map_drop:.4f})")
     evaluations: list[dict[str, Any]] = [{"k": 0, "rate": 0.0, "map": baseline, "drop": 0.0, "within": True,
                                           "feasible": True}]
@@ -138,7 +138,7 @@ def search_rate(detector: Detector, scores: dict, evaluate: Callable[[Detector],
         else:
             plans[k] = plan
             with zeroed(detector, plan.layers):
-                value = _measure(evaluate, detector)
+                value = measure_map(evaluate, detector)
             drop = baseline - value
             row = {"k": k, "rate": rate, "map": value, "drop": drop, "within": drop <= max_map_drop + DROP_TOLERANCE,
                    "feasible": True}
@@ -227,8 +227,8 @@ def iterative_search(detector: Detector, scores: dict, evaluate: Callable[[Detec
     n = selection.candidates
     top = n - 1 if max_rate is None else min(n - 1, round(check_rate(max_rate) * n))
     first = step = max(1, round(step_rate * n))
-    kept_state = _snapshot(detector)
-    baseline = _measure(evaluate, detector)
+    kept_state = snapshot(detector)
+    baseline = measure_map(evaluate, detector)
     say(f"baseline mAP {baseline:.4f} ({n} candidate layers, budget {max_map_drop:.4f}, steps of {step} layers)")
     path: list[dict[str, Any]] = []
     kept: dict[str, Any] = {"k": 0, "rate": 0.0, "map": baseline, "drop": 0.0}
@@ -243,14 +243,14 @@ def iterative_search(detector: Detector, scores: dict, evaluate: Callable[[Detec
             step = max(1, step // 2)
             continue
         apply_plan(detector, plan)
-        zeroed_map = _measure(evaluate, detector)
+        zeroed_map = measure_map(evaluate, detector)
         trained, finetuned_map, value = None, None, zeroed_map
         # A step already within budget is kept as it is: training a model that lost nothing can only move it.
         if baseline - zeroed_map > max_map_drop + DROP_TOLERANCE:
             say(f"step {len(path) + 1}: k={k} ({k - kept['k']} more layers), mAP {zeroed_map:.4f} zeroed; "
                 "fine-tuning")
             trained = finetune(detector, plan.layers, len(path) + 1)
-            value = finetuned_map = _measure(evaluate, detector)
+            value = finetuned_map = measure_map(evaluate, detector)
         drop = baseline - value
         within = drop <= max_map_drop + DROP_TOLERANCE
         path.append({"step": len(path) + 1, "k": k, "rate": k / n, "layers": plan.layers[kept["k"]:],
@@ -260,7 +260,7 @@ def iterative_search(detector: Detector, scores: dict, evaluate: Callable[[Detec
             f", drop {drop:+.4f} ({'kept' if within else 'over budget: back to k=' + str(kept['k'])})")
         if within:
             kept, kept_plan = {"k": k, "rate": k / n, "map": value, "drop": drop}, plan
-            kept_state = _snapshot(detector)
+            kept_state = snapshot(detector)
         else:
             detector.model.load_state_dict(kept_state)
             if step == 1:
@@ -277,11 +277,13 @@ def iterative_search(detector: Detector, scores: dict, evaluate: Callable[[Detec
                            seconds=round(time.perf_counter() - t0, 3))
 
 
-def _snapshot(detector: Detector) -> dict[str, torch.Tensor]:
+def snapshot(detector: Detector) -> dict[str, torch.Tensor]:
+    """A copy of the model's tensors, to go back to after a step over budget."""
     return {k: v.detach().clone() for k, v in detector.model.state_dict().items()}
 
 
-def _measure(evaluate: Callable[[Detector], float], detector: Detector) -> float:
+def measure_map(evaluate: Callable[[Detector], float], detector: Detector) -> float:
+    """`evaluate(detector)` as a finite float, or one clear error."""
     value = evaluate(detector)
     try:
         value = float(value)
@@ -293,4 +295,4 @@ def _measure(evaluate: Callable[[Detector], float], detector: Detector) -> float
 
 
 __all__ = ["DROP_TOLERANCE", "BudgetSearch", "IterativeSearch", "SearchRecord", "check_max_map_drop", "check_step_rate",
-           "iterative_search", "search_rate"]
+           "iterative_search", "measure_map", "search_rate", "snapshot"]

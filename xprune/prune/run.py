@@ -25,9 +25,11 @@ DEFAULT_RATE = 0.05  # without a rate or a budget
 
 @dataclass(frozen=True)
 class PruneRequest:
-    """What to prune and how. `rate`, `target_macs` and `max_map_drop` are exclusive; `finetune_epochs` goes with
-    `max_map_drop` (prune `step_rate` of the candidates at a time, fine-tuning that many epochs on the train split
-    after each)."""
+    """What to prune and how. `rate` excludes `target_macs` and `max_map_drop`. `max_map_drop` alone searches the
+    largest rate within the budget; with `target_macs`, it walks toward the target in steps of `step_macs` of the
+    MACs and stops where the budget does. `finetune_epochs` goes with `max_map_drop`: that many epochs of
+    fine-tuning on the train split after a step over budget (steps of `step_rate` of the candidates without a
+    target)."""
 
     weights: str  # a checkpoint path, 'default' (official weights) or 'none' (random init)
     scores: str  # the scores file of this model
@@ -51,6 +53,7 @@ class PruneRequest:
     distill_weight: float = 1.0
     finetune_images: int | None = None  # fine-tune on the first N train images
     step_rate: float = 0.05
+    step_macs: float = 0.05  # toward a MAC target under a budget: each step removes this much more of the MACs
     plan_file: str | None = None  # default: OUT with .plan.json
     search_file: str | None = None  # default: OUT with .search.json
 
@@ -71,19 +74,19 @@ class PruneRequest:
         """Bad settings fail before the model is loaded or exported, in one line: a typo costs nothing."""
         from xprune.prune.budget import check_max_map_drop, check_search_split, check_step_rate
         from xprune.prune.mac_target import check_target_macs
+        from xprune.prune.target_steps import check_step_macs
         from xprune.prune.plan import check_policy, check_rank, check_rate
 
         if self.max_map_drop is not None and self.rate is not None:
             raise XpruneError("--rate and --max-map-drop are exclusive: give one")
         if self.target_macs is not None and self.rate is not None:
             raise XpruneError("--rate and --target-macs are exclusive: give one")
-        if self.target_macs is not None and self.max_map_drop is not None:
-            raise XpruneError("--target-macs and --max-map-drop are exclusive: give one")
         if self.finetune_epochs is not None and self.max_map_drop is None:
             raise XpruneError("--finetune-epochs goes with --max-map-drop (iterative pruning under a budget)")
         check_rank(self.rank)
         check_policy(self.policy)
         check_step_rate(self.step_rate)
+        check_step_macs(self.step_macs)
         check_search_split(self.search_split)
         if self.rate is not None:
             check_rate(self.rate)
@@ -125,12 +128,25 @@ def load_for_pruning(request: PruneRequest) -> Detector:
 
 
 def choose_layers(detector: Detector, scores: dict, request: PruneRequest, log: Log, progress: bool) -> Plan:
-    """The plan: at the fixed rate, at the MAC target, or searched under the budget (iteratively with fine-tuning
-    when asked; the detector is then left fine-tuned at the chosen plan)."""
+    """The plan: at the fixed rate, at the MAC target, searched under the budget (iteratively with fine-tuning
+    when asked), or walked toward the MAC target under the budget (the detector is then left as the search left it:
+    fine-tuned at the chosen plan where it trained)."""
     from xprune.export.fold.analysis import fold_analysis_for  # the fold's per-layer view of the exported graph
-    from xprune.prune.budget import budget_plan, iterative_budget_plan
+    from xprune.prune.budget import budget_plan, iterative_budget_plan, iterative_target_plan
     from xprune.prune.plan import plan_pruning
 
+    settings = None
+    if request.finetune_epochs is not None:
+        from xprune.prune.finetune import FinetuneSettings
+        settings = FinetuneSettings(epochs=request.finetune_epochs, batch_size=request.finetune_batch_size,
+                                    lr=request.finetune_lr, schedule=request.finetune_schedule,
+                                    distill=request.distill, distill_weight=request.distill_weight)
+    if request.target_macs is not None and request.max_map_drop is not None:
+        return iterative_target_plan(detector, scores, request.data, request.target_macs, request.max_map_drop,
+                                     settings, request.steps_path, request.policy, request.step_macs,
+                                     request.held_out_images, request.finetune_images,
+                                     search_report=request.search_path, log=log, progress=progress,
+                                     search_split=request.search_split)
     if request.target_macs is not None:
         from xprune.prune.mac_target import plan_for_target
         fold = fold_analysis_for(detector, "--target-macs", log=log)
@@ -139,15 +155,11 @@ def choose_layers(detector: Detector, scores: dict, request: PruneRequest, log: 
     if request.max_map_drop is None:
         rate = DEFAULT_RATE if request.rate is None else request.rate
         return plan_pruning(detector, scores, rate, request.policy, request.rank, fold)
-    if request.finetune_epochs is None:
+    if settings is None:
         return budget_plan(detector, scores, request.data, request.max_map_drop, request.policy,
                            held_out_images=request.held_out_images, max_rate=request.max_rate,
                            search_report=request.search_path, log=log, rank=request.rank, fold=fold,
                            search_split=request.search_split)
-    from xprune.prune.finetune import FinetuneSettings
-    settings = FinetuneSettings(epochs=request.finetune_epochs, batch_size=request.finetune_batch_size,
-                                lr=request.finetune_lr, schedule=request.finetune_schedule, distill=request.distill,
-                                distill_weight=request.distill_weight)
     return iterative_budget_plan(detector, scores, request.data, request.max_map_drop, settings, request.steps_path,
                                  request.policy, request.rank, fold, request.step_rate, request.held_out_images,
                                  request.max_rate, request.finetune_images, search_report=request.search_path,

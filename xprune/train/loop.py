@@ -114,10 +114,13 @@ def step_loss(det: Detector, x: torch.Tensor, targets: list[dict], precision: st
 def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettings, state_path: str | Path,
                    log: Log = print, after_step: Callable[[], None] | None = None,
                    inputs: Mapping[str, Any] | None = None, distiller: Distiller | None = None,
-                   estimate: bool = False) -> list[dict]:
-    """Train `det` in place; return one record per epoch (loss, seconds; with a `distiller`, also the family's
-    loss `task_loss` and the unweighted distillation term `distill_loss`, both means over the epoch's steps).
-    `after_step` runs after every optimizer step (fine-tuning uses it to keep pruned weights at zero). `estimate`
+                   estimate: bool = False, after_epoch: Callable[[dict], bool] | None = None) -> list[dict]:
+    """Train `det` in place; return one record per epoch (loss, wall and process CPU seconds; with a `distiller`,
+    also the family's loss `task_loss` and the unweighted distillation term `distill_loss`, both means over the
+    epoch's steps). `after_step` runs after every optimizer step (fine-tuning uses it to keep pruned weights at
+    zero). `after_epoch` sees each finished epoch's record before its state is written (an evaluation there is
+    redone with the epoch when a run stops in between); when it returns True, training ends after that epoch
+    (the record says `stopped`) and a resume starts no further epoch. `estimate`
     times a few steps first and logs the estimated time per epoch. The state file holds model, optimizer, schedule
     and random state after each finished epoch; when it exists and its stamp (`training_stamp`, with the caller's
     `inputs`) names the same inputs, training continues from it; another run's state is refused in one line. The
@@ -144,6 +147,9 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
         generator.set_state(batches_rng)
         torch.set_rng_state(torch_rng)
         log(f"resuming after epoch {len(history)}/{settings.epochs} from {state_path}")
+    if history and history[-1].get("stopped"):
+        det.model.eval()
+        return history
     if estimate and len(history) < settings.epochs:
         seconds = epoch_seconds(det, train, settings, distiller)
         left = settings.epochs - len(history)
@@ -151,7 +157,7 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
     for epoch in range(len(history), settings.epochs):
         det.model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
-        total, task_total, term_total, t0 = 0.0, 0.0, 0.0, time.perf_counter()
+        total, task_total, term_total, t0, cpu0 = 0.0, 0.0, 0.0, time.perf_counter(), time.process_time()
         for step in range(steps_per_epoch):
             idx = order[step * settings.batch_size:(step + 1) * settings.batch_size]
             x, targets = training_batch(train, idx, settings.augment, generator)
@@ -168,14 +174,21 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
             total += float(loss.detach())
             task_total += float(task.detach())
             term_total += float(term.detach()) if term is not None else 0.0
-        record = {"epoch": epoch + 1, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - t0}
+        record = {"epoch": epoch + 1, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - t0,
+                  "cpu_seconds": time.process_time() - cpu0}
         if distiller is not None:
             record.update(task_loss=task_total / steps_per_epoch, distill_loss=term_total / steps_per_epoch)
+        stop = bool(after_epoch(record)) if after_epoch is not None else False
+        if stop:
+            record["stopped"] = True
         history.append(record)
         _save_state(state_path, model=det.model.state_dict(), optimizer=opt.state_dict(),
                     schedule=sched.state_dict(), generator=generator.get_state(), torch_rng=torch.get_rng_state(),
                     history=history)
         log(epoch_line(record, settings.epochs))
+        if stop:
+            log(f"stopped after epoch {epoch + 1}/{settings.epochs}")
+            break
     det.model.eval()
     return history
 

@@ -10,7 +10,8 @@ from xprune.models import build_detector, save_checkpoint
 
 SIZE = 64
 FAST = ["--score-images", "4", "--held-out-images", "4", "--finetune-images", "8", "--runs", "10",
-        "--max-map-drop", "0.5", "--step-rate", "0.2", "--max-rate", "0.4", "--threads", "1"]
+        "--max-map-drop", "0.5", "--target-macs", "0.3", "--step-macs", "0.15", "--finetune-epochs", "1",
+        "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,14 @@ def test_auto_runs_every_stage_and_resumes(weights, synth_data, tmp_path, capsys
         assert (out / name).is_file(), name
     state = json.loads((out / "auto.json").read_text())
     assert state["model"] == "yolov8n" and all(state["stages"][s]["done"] for s in
-                                               ("score", "prune", "export", "bench", "verdict"))
+                                               ("score", "prune", "levels", "export", "bench", "verdict"))
     bench = json.loads((out / "bench.json").read_text())
-    assert [r["role"] for r in bench["rows"]] == ["baseline", "aa-copy", "candidate"]
+    split = state["stages"]["levels"]
+    assert split["available"] and split["silent_macs"] + split["live_macs"] == split["removed_macs"] > 0
+    silent = bool(split["silent_layers"])
+    assert [r["role"] for r in bench["rows"]] == ["baseline", "aa-copy", "candidate"] + \
+        (["silent-levels-only"] if silent else [])
+    assert (out / "silent.onnx").is_file() == silent
     assert bench["protocol"]["interleaved"] and all("map_matches" in r for r in bench["rows"])
     report = (out / "report.md").read_text()
     model = bench["rows"][2]
@@ -43,6 +49,9 @@ def test_auto_runs_every_stage_and_resumes(weights, synth_data, tmp_path, capsys
     assert state["stages"]["verdict"]["accuracy"]["decision"] in report
     plan = json.loads((out / "pruned.plan.json").read_text())
     assert all(f"`{c['layer']}`" in report for c in plan["selected"])
+    walk = plan["budget"]
+    assert walk["search"] == "iterative-target+finetune" and walk["chosen"]["reached"] >= 0.3
+    assert "## The walk toward the MAC target, step by step" in report and "## Where the speed comes from" in report
     # which images each figure comes from: search on the first 4 val images, the verdict on the other 4
     held = plan["budget"]["held_out"]
     assert held["split"] == "val" and held["first"] == 0 and held["images"] == 4 and held["of"] == 8
@@ -53,7 +62,7 @@ def test_auto_runs_every_stage_and_resumes(weights, synth_data, tmp_path, capsys
 
     code, _, err = run_cli(["auto", "--weights", str(weights), "--data", str(synth_data), "--out", str(out),
                             *FAST], capsys)
-    assert code == 0 and err.count("done before, kept") == 5
+    assert code == 0 and err.count("done before, kept") == 6
 
     code, _, err = run_cli(["auto", "--weights", str(weights), "--data", str(synth_data), "--out", str(out),
                             *FAST[:-2], "--threads", "2"], capsys)

@@ -87,8 +87,14 @@ def test_a_folder_without_the_jobs_record_is_refused(tmp_path):
 
 
 def test_the_prune_stage_is_the_request_xprune_prune_runs(tmp_path):
-    s = settings(tmp_path, rank="per-mac", finetune_epochs=2, finetune_images=8)
+    walk = prune_request(settings(tmp_path), "yolov8n")  # by default: toward the MAC target, distilled
+    assert (walk.target_macs, walk.step_macs, walk.max_map_drop, walk.finetune_epochs, walk.distill) == \
+        (0.5, 0.05, 0.01, 2, True) and walk.finetune_images is None and walk.max_rate is None
+    walk.check()
+    assert not prune_request(settings(tmp_path, distill=False)).distill
+    s = settings(tmp_path, search="rate", rank="per-mac", finetune_epochs=2, finetune_images=8)
     request = prune_request(s, "yolov8n")
+    assert request.target_macs is None and request.max_rate == s.max_rate
     out = Path(s.out)
     assert (request.model, request.weights, request.data, request.policy, request.rank) == \
         ("yolov8n", s.weights, s.data, "safe", "per-mac")
@@ -97,7 +103,9 @@ def test_the_prune_stage_is_the_request_xprune_prune_runs(tmp_path):
     assert (Path(request.scores), Path(request.out), request.plan_path, request.search_path, request.steps_path) == \
         (out / "scores.json", out / "pruned.pt", out / "pruned.plan.json", out / "pruned.search.json",
          out / "pruned.steps")
-    assert prune_request(settings(tmp_path, finetune_epochs=0)).finetune_epochs is None  # the plain rate search
+    assert prune_request(settings(tmp_path, finetune_epochs=0)).finetune_epochs is None  # no training
+    with pytest.raises(XpruneError, match="unknown search 'best'"):
+        prune_request(settings(tmp_path, search="best"))
     assert prune_request(settings(tmp_path, model="yolov8s"), "yolov8n").model == "yolov8s"
     request.check()
     with pytest.raises(XpruneError, match="unknown ranking 'best'"):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cli_helpers import run_cli
+from unit.prune.cli_pruning import prune_with_budget
 from xprune.errors import XpruneError
 from xprune.models import build_detector, load_checkpoint
 from xprune.prune import budget
@@ -120,15 +120,9 @@ def test_steps_of_another_search_are_refused_and_a_finished_search_leaves_nothin
 
 @pytest.mark.slow
 def test_cli_iterative_pruning_writes_the_path(tmp_path, capsys, synth_data):
-    scores = tmp_path / "scores.json"
-    assert run_cli(["score", "--model", "yolov8n", "--weights", "none", "--input-size", str(SIZE), "--data",
-                    str(synth_data), "--method", "l1", "--calib-images", "4", "--out", str(scores)], capsys)[0] == 0
     out = tmp_path / "it.pt"
-    code, _, err = run_cli(["prune", "--model", "yolov8n", "--weights", "none", "--input-size", str(SIZE), "--data",
-                            str(synth_data), "--scores", str(scores), "--candidates", "all", "--max-map-drop", "0.5",
-                            "--finetune-epochs", "1", "--step-rate", "0.05", "--max-rate", "0.1",
-                            "--held-out-images", "4", "--finetune-images", "4", "--finetune-batch-size", "4",
-                            "--out", str(out)], capsys)
+    code, _, err = prune_with_budget(tmp_path, capsys, synth_data, out, "--candidates", "all", "--step-rate", "0.05",
+                                     "--max-rate", "0.1")
     assert code == 0, err
     plan = json.loads(out.with_suffix(".plan.json").read_text())
     budget = plan["budget"]

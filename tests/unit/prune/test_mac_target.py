@@ -190,7 +190,6 @@ def test_a_yolo_plan_reaches_its_target_and_records_its_units(yolo, fold, l1):
     (["--target-macs", "0"], "--target-macs must be in (0, 1), got 0.0"),
     (["--target-macs", "-0.2"], "--target-macs must be in (0, 1), got -0.2"),
     (["--target-macs", "0.2", "--rate", "0.1"], "--rate and --target-macs are exclusive"),
-    (["--target-macs", "0.2", "--max-map-drop", "0.01"], "--target-macs and --max-map-drop are exclusive"),
 ])
 def test_cli_refuses_a_bad_target_before_loading(tmp_path, capsys, extra, message):
     out = tmp_path / "pruned.pt"

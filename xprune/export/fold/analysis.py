@@ -128,6 +128,11 @@ class FoldAnalysis:
         """MACs of the folded graph with `zeroed` layers zeroed (and those zero in the export already)."""
         return self.outcome(zeroed).macs
 
+    def node_macs(self, names: Iterable[str]) -> int:
+        """The MACs of the named nodes of the exported graph (before any fold)."""
+        wanted = set(names)
+        return sum(self._macs[id(n)] for n in self.nodes if n.name in wanted)
+
     def removed_macs(self, layer: str, given: Iterable[str] = ()) -> int:
         """MACs the fold removes when `layer` is zeroed on top of `given`."""
         given = frozenset(given)

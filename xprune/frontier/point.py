@@ -1,0 +1,169 @@
+"""One frontier point: prune the model's start at a removed-MAC target (`plan_for_target`), fine-tune it once with
+the recovery recipe (distilled from the start, pruned layers held at zero) and evaluate it on val after each epoch
+of `evaluate_at`. The control point is the start itself through the same recipe.
+
+Its file (points/<model>/<point>.json) is rewritten after every evaluation, so an interrupted run continues from
+the fine-tuning state of its last finished epoch (`xprune.train.loop`) and the evaluations already in the file.
+A file made with another recipe or another start is refused, not mixed in.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from xprune.errors import XpruneError
+from xprune.files import read_json, write_json
+from xprune.frontier.settings import BUDGET, CONTROL, FORMAT, FrontierSettings, point_id
+from xprune.frontier.start import ModelStart
+from xprune.resume import first_difference, plain
+
+Log = Callable[[str], None]
+
+
+def point_path(out: Path, model: str, point: str) -> Path:
+    return out / "points" / model / f"{point}.json"
+
+
+def state_path(work: Path, model: str, point: str) -> Path:
+    return work / model / f"{point}.state.pt"
+
+
+def read_point(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    doc = read_json(path, "frontier point")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise XpruneError(f"{path} is not a frontier point file ({FORMAT}); delete it to start that point over")
+    return doc
+
+
+def identity(start: ModelStart, s: FrontierSettings, criterion: str | None, target: float | None) -> dict:
+    return plain({"start": start.record["start_sha256"], "criterion": criterion, "target": target,
+                  "recipe": s.recipe()})
+
+
+def early_stop(doc: dict, evaluation: dict, control: dict | None, s: FrontierSettings) -> dict | None:
+    """The record of an early stop when this evaluation says the point cannot come back within the budget."""
+    if not s.stop_after or evaluation["epoch"] != s.stop_after or doc["point"] == CONTROL:
+        return None
+    same = [e for e in (control or {}).get("evaluations", []) if e["epoch"] == s.stop_after]
+    if not same:
+        return None
+    floor = same[0]["map"] - BUDGET - s.hopeless
+    if evaluation["map"] >= floor:
+        return None
+    return {"after_epoch": s.stop_after, "map": evaluation["map"], "control_map": same[0]["map"],
+            "rule": f"mAP more than {s.hopeless:g} below the control's minus the {BUDGET:g} budget "
+                    f"(< {floor:.4f})", "epochs_not_run": s.epochs - s.stop_after}
+
+
+def run_point(start: ModelStart, criterion: str | None, target: float | None, s: FrontierSettings, out: Path,
+              work: Path, resume: bool, log: Log) -> dict:
+    """Measure one point (or finish it, with `resume`); returns its document."""
+    from xprune.evaluate.coco_map import evaluate_map
+    from xprune.prune.finetune import FinetuneSettings, finetune_layers
+    from xprune.prune.mac_target import plan_for_target
+
+    pid = point_id(criterion, target)
+    path = point_path(out, start.name, pid)
+    me = identity(start, s, criterion, target)
+    doc = read_point(path)
+    if doc is not None:
+        where = first_difference(doc["identity"], me)
+        if where is not None:
+            raise XpruneError(f"{path} was made with other inputs ({where or 'all'} differs); delete it or use "
+                              f"another --out")
+        if not resume:
+            raise XpruneError(f"{path} exists: pass --resume to continue this frontier, or delete it")
+        if doc["status"] != "running":
+            return doc
+    tag = f"[{start.name}] {pid}"
+    det = copy.deepcopy(start.detector)
+    if doc is None:
+        doc = {"format": FORMAT, "model": start.name, "point": pid, "criterion": criterion, "target": target,
+               "identity": me, "start": start.record, "status": "running", "evaluations": [],
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if criterion is not None:
+            log(f"{tag}: choosing layers for {target:.0%} of the start's MACs")
+            plan = plan_for_target(det, start.scores(criterion, s.seed), start.full_target(target), "safe",
+                                   start.fold)
+            doc["plan"] = plan.to_json()
+            doc["layers"] = start.held + plan.layers
+        else:
+            doc["layers"] = list(start.held)
+        macs = exported_macs(det, doc["layers"])
+        doc["macs"] = {**macs, "start": start.record["macs"],
+                       "removed_fraction": 1 - macs["after"] / start.record["macs"]}
+    layers = doc["layers"]
+    det.zero_layers(layers)
+    control = read_point(point_path(out, start.name, CONTROL)) if criterion is not None else None
+
+    def evaluate(epoch: int) -> dict:
+        t0 = time.perf_counter()
+        ev = evaluate_map(det, start.val, per_image=True)
+        record = {"epoch": epoch, "map": ev["map"], "map50": ev["map50"], "seconds": time.perf_counter() - t0,
+                  "matches": ev["matches"].to_json()}
+        doc["evaluations"] = [e for e in doc["evaluations"] if e["epoch"] != epoch] + [record]
+        log(f"{tag}: epoch {epoch} val mAP {ev['map']:.4f}")
+        return record
+
+    def after_epoch(record: dict) -> bool:
+        doc["finetune"]["history"] = doc["finetune"]["history"][:record["epoch"] - 1] + [record]
+        stop = None
+        if record["epoch"] in s.evaluate_at:
+            stop = early_stop(doc, evaluate(record["epoch"]), control, s)
+            if stop:
+                doc["stopped"] = stop
+                log(f"{tag}: stopping early: {stop['rule']}")
+        write_json(path, doc)
+        return stop is not None
+
+    if 0 in s.evaluate_at and not any(e["epoch"] == 0 for e in doc["evaluations"]):
+        evaluate(0)
+    write_json(path, doc)
+    if s.epochs:
+        ft = FinetuneSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
+                              distill=s.distill).for_detector(det)
+        doc.setdefault("finetune", {"settings": asdict(ft), "images": len(start.train), "history": []})
+        state = state_path(work, start.name, pid)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        log(f"{tag}: recovery, {s.epochs} epochs on {len(start.train)} train images "
+            f"({len(layers)} layers held at zero)")
+        history = finetune_layers(det, start.train, layers, ft, state, log=lambda line: log(f"{tag}: {line}"),
+                                  inputs={"point": me}, teacher=start.detector, after_epoch=after_epoch)
+        doc["finetune"]["history"] = history
+        doc["finetune"]["cpu_seconds"] = sum(h.get("cpu_seconds", 0.0) for h in history)
+        doc["finetune"]["seconds"] = sum(h["seconds"] for h in history)
+    doc["status"] = "stopped" if doc.get("stopped") else "done"
+    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(path, doc)
+    return doc
+
+
+def exported_macs(det, layers: list[str]) -> dict:
+    """MACs of the export before and after the fold with `layers` zeroed, measured on the folded graph."""
+    import tempfile
+
+    from xprune.export.onnx_export import export_onnx
+
+    zeroed = copy.deepcopy(det)
+    zeroed.zero_layers(layers)
+    with tempfile.TemporaryDirectory(prefix="xprune-frontier-") as tmp:
+        rep = export_onnx(zeroed, Path(tmp) / "m.onnx", fold=True)
+    return {"before": rep["macs_before"], "after": rep["macs_after"]}
+
+
+def pruned_detector(start: ModelStart, doc: dict, work: Path):
+    """The point's detector as its fine-tuning left it (its last state), or zeroed where it was not fine-tuned."""
+    import torch
+
+    det = copy.deepcopy(start.detector)
+    state = state_path(work, start.name, doc["point"])
+    if doc.get("finetune") and state.exists():
+        det.model.load_state_dict(torch.load(state, map_location="cpu", weights_only=False)["model"])
+    det.zero_layers(doc["layers"])
+    return det
