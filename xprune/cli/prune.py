@@ -120,7 +120,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour, in [0, 0.9]")
     s.add_argument("--calib", type=positive_int, default=64, help="train tiles copied into the 'calib' split")
     s.add_argument("--wheel", default=None, help="a downloaded deepforest wheel to read the sample files from "
-                                                 "(default: an installed deepforest, else pip download into the cache)")
+                                                 "(default: an installed deepforest, else the wheel from PyPI, checked "
+                                                 "against its pinned SHA-256, into the cache)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_data_trees)
 

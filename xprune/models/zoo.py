@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,16 @@ from xprune.models.yolo import (YOLO_SCALES, YOLO_VERSIONS, YoloDetector, build_
                                 ultralytics_family, yolo_predictors)
 
 COCO_TORCHVISION_IDS = list(range(1, 91))  # torchvision's COCO label L is COCO category id L
+YOLO_EXTRA = 'pip install "xprune[yolo]"'  # Ultralytics is AGPL-3.0, so an extra of the MIT package
+
+
+def require_ultralytics() -> None:
+    """Raise one XpruneError line naming the `yolo` extra when Ultralytics cannot be imported."""
+    quiet_ultralytics_env()
+    try:
+        importlib.import_module("ultralytics")
+    except ImportError as e:
+        raise XpruneError(f"the YOLO families need Ultralytics ({e}): {YOLO_EXTRA}") from None
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,8 @@ def _families() -> dict[str, Family]:
     for version, title in YOLO_VERSIONS.items():
         for scale in YOLO_SCALES:
             build, load = _yolo_family(version, scale)
-            fams[f"{version}{scale}"] = Family(f"{version}{scale}", 640, build, load, f"Ultralytics {title}{scale}")
+            fams[f"{version}{scale}"] = Family(f"{version}{scale}", 640, build, load, f"Ultralytics {title}{scale} "
+                                               f"({YOLO_EXTRA})", require=require_ultralytics)
     fams["tinyssd-jax"] = Family("tinyssd-jax", 320, _tinyssd_jax, None,
                                  'TinySSD in JAX/Flax nnx (pip install "xprune[jax]"; no official weights)',
                                  framework=jax_family.FRAMEWORK, require=jax_family.require_jax,
@@ -193,6 +205,8 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # pickle, zip and EOF errors all mean the same to the user
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "ultralytics":
+            require_ultralytics()  # an Ultralytics checkpoint pickles Ultralytics' classes: name the extra
         raise XpruneError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(e).__name__})") from None
 
 
@@ -295,6 +309,7 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None, input_size
         if name is not None and ckpt["family"] != name:
             raise XpruneError(f"checkpoint {path} holds a {ckpt['family']} model, not {name}")
         fam = family(ckpt["family"])
+        fam.check_available()
         size = input_size or ckpt["input_size"]
         det = fam.build(ckpt["num_classes"], size)
         state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}

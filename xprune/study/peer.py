@@ -39,7 +39,8 @@ import torch
 from xprune.errors import XpruneError
 from xprune.files import atomic_path, file_sha256
 from xprune.models.detector import Detector
-from xprune.models.yolo import decode_yolo_output, quiet_ultralytics_env
+from xprune.models.yolo import decode_yolo_output
+from xprune.models.zoo import require_ultralytics
 from xprune.runtime.registry import TargetOptions, onnx_backend
 from xprune.study.settings import FRAMEWORK
 from xprune.study.threads import torch_threads_kept
@@ -88,12 +89,10 @@ def export_ultralytics_onnx(detector: Detector, out: str | Path, class_names: li
     Returns what the study records about the file (settings used, nodes, MACs, hash)."""
     from xprune.export.fold import count_macs
 
-    quiet_ultralytics_env()
-    try:
-        from ultralytics import YOLO
-        from ultralytics.cfg import get_cfg
-    except ImportError as e:  # pragma: no cover - ultralytics is a dependency
-        raise XpruneError(f"the peer export needs ultralytics: {e}") from None
+    require_ultralytics()  # the `yolo` extra; without it, one line naming it
+    from ultralytics import YOLO
+    from ultralytics.cfg import get_cfg
+
     defaults = get_cfg()
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="xprune-peer-") as tmp:

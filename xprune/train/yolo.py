@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from xprune.errors import XpruneError
-from xprune.models.yolo import quiet_ultralytics_env
+from xprune.models.zoo import require_ultralytics
 from xprune.resume import Stamp, input_identity
 
 DONE = "done"  # marker beside the weights: the run finished; a rerun reuses it instead of resuming
@@ -19,7 +19,7 @@ def train_yolo(model: str, data: Path, epochs: int, size: int, work: Path, batch
                train_images: int | None = None) -> tuple[Path, Path]:
     """Train `model` (e.g. yolov8n) from scratch on a dataset folder with a data.yaml; return (best.pt,
     results.csv). `work` is the run folder; when it holds an unfinished run, training resumes from its last.pt."""
-    quiet_ultralytics_env()
+    require_ultralytics()
     from ultralytics import YOLO
 
     if not (data / "data.yaml").is_file():

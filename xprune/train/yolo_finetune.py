@@ -30,7 +30,8 @@ import torch
 from xprune.errors import XpruneError
 from xprune.files import atomic_path
 from xprune.models.detector import Detector
-from xprune.models.yolo import YoloDetector, quiet_ultralytics_env
+from xprune.models.yolo import YoloDetector
+from xprune.models.zoo import require_ultralytics
 from xprune.resume import Stamp, arrays_sha256, input_identity, plain
 from xprune.train.yolo import ultralytics_data_yaml
 
@@ -158,6 +159,7 @@ def trainer_args(recipe: Mapping[str, Any], epochs: int, lr0: float, defaults: M
     """Ultralytics' defaults < `FINETUNE_DEFAULTS` and `defaults` < the recipe < `given` (what the caller set: image
     size, batch, device), epochs and lr0. Optimizer 'auto' becomes AdamW: on a short run auto replaces lr0 by its
     own fit for training from scratch."""
+    require_ultralytics()
     from ultralytics.utils import DEFAULT_CFG_DICT
 
     unknown = sorted(set(recipe) - set(DEFAULT_CFG_DICT))
@@ -231,7 +233,7 @@ def finetune_with_ultralytics(weights: str | Path, layers: list[str], data: str 
     from xprune.models import build_detector, save_checkpoint
     from xprune.train.schedule import finetune_lr
 
-    quiet_ultralytics_env()
+    require_ultralytics()
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
         raise XpruneError(f"fine-tuning epochs must be a positive integer, got {epochs}")
     if not Path(weights).is_file():

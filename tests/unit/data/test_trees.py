@@ -1,9 +1,9 @@
 """The trees dataset: tiling and the box rule, a split without leakage, COCO output, reuse, where the sample files
 come from and the one-line errors of `xprune data trees`."""
 
+import hashlib
 import io
 import json
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -242,36 +242,71 @@ def no_installed_deepforest(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "xprune"
 
 
-def test_cached_wheel_is_used_without_pip(tmp_path, monkeypatch, no_installed_deepforest):
-    no_installed_deepforest.mkdir(parents=True)
-    write_wheel(no_installed_deepforest / "deepforest-2.1.0-py3-none-any.whl", fake_files())
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run when the wheel is cached"))
+@pytest.fixture
+def served_wheel(tmp_path, monkeypatch):
+    """PyPI as pooch sees it: its HTTP downloader writes a fake deepforest wheel and records the URLs it was asked
+    for; the pinned hash is that wheel's, as if it were the real one."""
+    import pooch
+
+    served = write_wheel(tmp_path / "served.whl", fake_files())
+    urls: list[str] = []
+
+    def download(self, url, output_file, pooch_instance, check_only=False):
+        urls.append(url)
+        Path(output_file).write_bytes(served.read_bytes())
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", download)
+    monkeypatch.setattr(deepforest_data, "WHEEL_SHA256", hashlib.sha256(served.read_bytes()).hexdigest())
+    return urls
+
+
+def test_cached_wheel_is_used_without_download(tmp_path, monkeypatch, no_installed_deepforest, served_wheel):
+    locate_sample_data()
+    assert len(served_wheel) == 1
     data = locate_sample_data()
+    assert len(served_wheel) == 1, "the cached wheel has the pinned hash: no second download"
     assert isinstance(data, WheelData) and data.path.parent == no_installed_deepforest
 
 
-def test_pip_download_lands_in_the_cache(tmp_path, monkeypatch, no_installed_deepforest):
-    calls = []
-
-    def fake_pip(cmd, **kwargs):
-        calls.append(cmd)
-        write_wheel(Path(cmd[cmd.index("-d") + 1]) / "deepforest-2.1.0-py3-none-any.whl", fake_files())
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(subprocess, "run", fake_pip)
+def test_download_lands_in_the_cache(tmp_path, monkeypatch, no_installed_deepforest, served_wheel):
     data = locate_sample_data()
-    assert "--no-deps" in calls[0] and "deepforest==2.1.0" in calls[0]
-    assert isinstance(data, WheelData)
+    assert served_wheel == [deepforest_data.WHEEL_URL]
+    assert deepforest_data.WHEEL_URL.startswith("https://files.pythonhosted.org/")
+    assert deepforest_data.WHEEL_URL.endswith("/deepforest-2.1.0-py3-none-any.whl")
+    assert isinstance(data, WheelData) and data.version == "2.1.0"
     assert sorted(p.name for p in no_installed_deepforest.iterdir()) == ["deepforest-2.1.0-py3-none-any.whl"]
 
 
-def test_cli_pip_failure_is_one_line(tmp_path, monkeypatch, capsys, no_installed_deepforest):
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(
-        cmd, 1, "", "Looking in indexes\nERROR: Could not find a version that satisfies the requirement deepforest==2.1.0\n"))
+def test_cached_wheel_of_another_hash_is_replaced(tmp_path, monkeypatch, no_installed_deepforest, served_wheel):
+    no_installed_deepforest.mkdir(parents=True)
+    cached = no_installed_deepforest / "deepforest-2.1.0-py3-none-any.whl"
+    cached.write_bytes(b"not the pinned file")
+    data = locate_sample_data()
+    assert len(served_wheel) == 1 and isinstance(data, WheelData) and data.version == "2.1.0"
+
+
+def test_cli_download_of_another_file_is_one_line(tmp_path, monkeypatch, capsys, no_installed_deepforest,
+                                                  served_wheel):
+    monkeypatch.setattr(deepforest_data, "WHEEL_SHA256", "0" * 64)  # PyPI served something else
+    code, _, err = run_cli(["data", "trees", "--out", str(tmp_path / "t")], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "cannot download deepforest-2.1.0-py3-none-any.whl" in line and "hash" in line.lower()
+    assert not (tmp_path / "t").exists() and list(no_installed_deepforest.iterdir()) == []
+
+
+def test_cli_offline_download_is_one_line(tmp_path, monkeypatch, capsys, no_installed_deepforest):
+    import pooch
+    import requests
+
+    def offline(self, url, output_file, pooch_instance, check_only=False):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'files.pythonhosted.org'")
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", offline)
     code, _, err = run_cli(["data", "trees", "--out", str(tmp_path / "t")], capsys)
     line = one_line_error(err)
     assert code == 2
-    assert "pip could not fetch deepforest==2.1.0" in line and "Could not find a version" in line and "--wheel" in line
+    assert "cannot download deepforest-2.1.0-py3-none-any.whl from PyPI (ConnectionError: Failed to resolve" in line
+    assert "--wheel" in line
     assert not (tmp_path / "t").exists() and list(no_installed_deepforest.iterdir()) == []
 
 
