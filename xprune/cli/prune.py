@@ -40,6 +40,12 @@ def cmd_score(args) -> None:
     det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
     use_data = criterion.needs_data and args.data
     calib = calibration_set(args.data, det.input_size, args.calib_images) if use_data else None
+    if use_data:
+        from xprune.data.splits import calibration_overlap
+        overlap = calibration_overlap(args.data, args.calib_images)
+        if overlap.overlaps:  # fine for ranking layers; a budget measured on them would flatter the model
+            print(f"warning: {overlap.describe()}; fine for scores, never for measuring what pruning costs",
+                  file=sys.stderr)
     doc = score_layers(det, criterion.name, calib, batch_size=args.batch_size, progress=True, seed=args.seed,
                        weights=args.weights)
     write_scores(args.out, doc)

@@ -74,3 +74,15 @@ def test_a_folder_without_calib_calibrates_on_train(tmp_path):
     overlap = calibration_overlap(root, 2)
     assert overlap.split == "train" and len(overlap.shared) == 2
     assert overlap.describe() == "the 2 calibration images are train images (the dataset has no calib split)"
+
+
+def test_xprune_score_warns_in_one_line_when_it_scores_on_train_images(synth_data, tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    args = ["score", "--model", "yolov8n", "--weights", "none", "--input-size", "64", "--method", "attr",
+            "--calib-images", "2", "--batch-size", "2"]
+    code, _, err = run_cli([*args, "--data", str(synth_data / "data.yaml"), "--out", str(tmp_path / "a.json")], capsys)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warnings) == 1 and "all 2 calib images" in warnings[0] and "never for measuring" in warnings[0]
+    code, _, err = run_cli([*args, "--data", str(synth_data), "--out", str(tmp_path / "b.json")], capsys)
+    assert code == 0 and "warning:" not in err
