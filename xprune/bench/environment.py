@@ -11,7 +11,7 @@ import sys
 import torch
 
 LIBRARIES = ("xprune", "torch", "torchvision", "ultralytics", "onnx", "onnxruntime", "onnxslim", "polygraphy",
-             "pycocotools", "ptflops", "numpy")
+             "pycocotools", "ptflops", "numpy", "openvino", "nncf")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -92,7 +92,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", default=None, help="family of .pt targets")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--fp16", action="store_true", help="PyTorch targets on CUDA in fp16")
-    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="inference threads of ONNX Runtime (intra-op) and OpenVINO")
     p.add_argument("--data", default=None, help="COCO-format dataset folder: also measure mAP")
     p.add_argument("--val-images", type=positive_int, default=None)
     p.add_argument("--runs", type=positive_int, default=100)
@@ -138,7 +138,7 @@ def add_parsers(sub) -> None:
     p.add_argument("b", help=".onnx / .engine / .pt")
     p.add_argument("--model", default=None, help="family of .pt targets")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default=None,
                    help="tolerances to apply (default: B's precision)")
     p.add_argument("--inputs", type=positive_int, default=4, help="random inputs to compare on")
     p.add_argument("--seed", type=int, default=0)

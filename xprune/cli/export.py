@@ -17,8 +17,8 @@ def cmd_export(args) -> None:
     builder = None if args.engine == ONNX else engine_builder(args.engine)
     if builder is not None:
         builder.available()  # fail before the minutes of export work, not after
-    elif any([args.fp16, args.int8, args.timing_cache, args.dynamic_batch]):
-        raise XpruneError("--fp16, --int8, --timing-cache and --dynamic-batch apply to engine builds "
+    elif any([args.fp16, args.bf16, args.int8, args.timing_cache, args.dynamic_batch]):
+        raise XpruneError("--fp16, --bf16, --int8, --timing-cache and --dynamic-batch apply to engine builds "
                           f"(--engine {' / '.join(engine_names())}) only")
     det = load_detector(args, classes_from_data(args.data) if args.weights == "none" else None)
     out = Path(args.out)
@@ -30,7 +30,7 @@ def cmd_export(args) -> None:
     print(f"ONNX: {onnx_path}")
     if builder is not None:
         data, cache = (Path(p) if p else None for p in (args.data, args.timing_cache))
-        options = EngineOptions(fp16=args.fp16, int8=args.int8, calibration_data=data,
+        options = EngineOptions(fp16=args.fp16, bf16=args.bf16, int8=args.int8, calibration_data=data,
                                 calibration_images=args.calib_images, input_size=det.input_size,
                                 workspace_gb=args.workspace_gb, timing_cache=cache, dynamic_batch=args.dynamic_batch)
         sidecar = builder.build(onnx_path, out, options)
@@ -64,7 +64,9 @@ def add_parsers(sub) -> None:
                    help="onnx, or the engine to build from the export")
     p.add_argument("--out", required=True, help="output .onnx (or the engine file with --engine NAME)")
     p.add_argument("--no-fold", action="store_true", help="keep the zeroed layers in the graph")
-    p.add_argument("--fp16", action="store_true", help="engine build: allow fp16 kernels")
+    p.add_argument("--fp16", action="store_true",
+                   help="engine build: allow fp16 kernels (trt); store the weights in fp16 (openvino)")
+    p.add_argument("--bf16", action="store_true", help="engine build: infer in bf16 (openvino, on CPUs that have it)")
     p.add_argument("--int8", action="store_true", help="engine build: int8 with calibration batches from --data")
     p.add_argument("--calib-images", type=positive_int, default=64)
     p.add_argument("--workspace-gb", type=float, default=4.0)

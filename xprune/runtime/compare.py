@@ -1,8 +1,13 @@
 """Compare two backends' raw outputs on the same input, with a tolerance chosen by the lower precision of the pair.
 
-An element passes when |a - b| <= atol + rtol * |b| (numpy.allclose, b the reference). Reduced precision moves raw
-head outputs by amounts that are harmless after NMS, so fp16 and int8 get looser bounds than fp32. For int8 an
-elementwise bound is only a smoke test: the mAP difference is what decides whether a calibration is good.
+An element passes when |a - b| <= atol + rtol * |b| (numpy.allclose, b the reference), plus, for bf16,
+rtol_of_max * max|b| over that output. Reduced precision moves raw head outputs by amounts that are harmless after
+NMS, so fp16, bf16 and int8 get looser bounds than fp32. bf16 keeps 8 significant bits, so its error follows the
+size of the values an output is computed from, not of the element itself: a box coordinate near 0 computed as a
+centre minus a distance of 200 px is off by about as much as the distance's rounding (the YOLOv8n reference at
+320 px through OpenVINO, 40 synthetic val images: box errors up to 1.6 % of the largest coordinate, 1.3 % beyond
+atol + rtol * |b|). For int8 an elementwise bound is only a smoke test: the mAP difference is what decides whether a
+calibration is good.
 
 `compare_runners` drives both runners through polygraphy's `Comparator` (any xprune runner fits it through
 `PolygraphyRunner`). The verdict stays `compare_outputs`: polygraphy's `CompareFunc.simple` passes an element when
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"rtol": 1e-3, "atol": 1e-4},
     "fp16": {"rtol": 1e-2, "atol": 1e-2},
+    "bf16": {"rtol": 5e-2, "atol": 5e-2, "rtol_of_max": 3e-2},
     "int8": {"rtol": 1e-1, "atol": 5e-2},
 }
 DEFAULT_NAMES = ("boxes", "scores")
@@ -48,7 +54,7 @@ def compare_outputs(a: Sequence[np.ndarray], b: Sequence[np.ndarray], precision:
     taken over the finite ones). A difference in shape or output count raises XpruneError.
     """
     tol = tolerance(precision)
-    rtol, atol = tol["rtol"], tol["atol"]
+    rtol, atol, of_max = tol["rtol"], tol["atol"], tol.get("rtol_of_max", 0.0)
     if len(a) != len(b):
         raise XpruneError(f"the two models give {len(a)} and {len(b)} outputs; cannot compare")
     if names is None:
@@ -65,14 +71,15 @@ def compare_outputs(a: Sequence[np.ndarray], b: Sequence[np.ndarray], precision:
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf; masked out just below
             diff = np.abs(np.where(both_finite, x64 - y64, 0.0))
         ref = np.abs(np.where(both_finite, y64, 0.0))
-        mismatched = int(np.count_nonzero(diff > atol + rtol * ref)) + nonfinite
+        bound = atol + rtol * ref + (of_max * float(ref.max()) if ref.size else 0.0)
+        mismatched = int(np.count_nonzero(diff > bound)) + nonfinite
         significant = ref > atol
         max_abs = float(diff.max()) if diff.size else 0.0
         max_rel = float((diff[significant] / ref[significant]).max()) if significant.any() else 0.0
         results.append({"name": name, "shape": list(x64.shape), "max_abs_error": max_abs, "max_rel_error": max_rel,
                         "mismatched": mismatched, "mismatched_fraction": mismatched / x64.size if x64.size else 0.0,
                         "nonfinite": nonfinite, "passed": mismatched == 0})
-    return {"precision": precision, "rtol": rtol, "atol": atol, "reference": "b",
+    return {"precision": precision, "rtol": rtol, "atol": atol, "rtol_of_max": of_max, "reference": "b",
             "passed": all(r["passed"] for r in results), "outputs": results}
 
 

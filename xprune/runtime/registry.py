@@ -58,7 +58,8 @@ class EngineOptions:
     """What the command line can say about building an engine from an ONNX export; each builder uses the options
     that apply to it."""
 
-    fp16: bool = False
+    fp16: bool = False  # TensorRT: fp16 kernels; OpenVINO: weights stored in fp16
+    bf16: bool = False  # infer in bf16 (backends declared `bf16`)
     int8: bool = False
     calibration_data: Path | None = None  # a dataset folder whose calibration images an int8 build reads
     calibration_images: int = 64
@@ -77,10 +78,17 @@ class Backend:
     engine: str | None = None  # `xprune export --engine NAME` builds its file from an ONNX export (None: no build)
     evaluates_map: bool = False  # runs an exported file for its mAP (and the export's output check)
     framework: str | None = None  # runs detectors in memory of this framework (a detector's `framework`)
+    bf16: bool = False  # its build takes `EngineOptions.bf16`
+    runs_onnx: bool = False  # also runs exported .onnx files, when named (they open with ONNX Runtime by suffix)
 
     @property
     def builds_engine(self) -> bool:
         return self.engine is not None
+
+    @property
+    def runs_exported_onnx(self) -> bool:
+        """Runs an exported ONNX file itself: opens it by suffix, or when named."""
+        return self.runs_onnx or ONNX_SUFFIX in self.suffixes
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.package)
@@ -107,6 +115,8 @@ class Backend:
         """Build the file this backend runs from an ONNX export; returns what the build records."""
         if not self.builds_engine:
             raise XpruneError(f"the {self.name} backend builds no engine from ONNX")
+        if options.bf16 and not self.bf16:
+            raise XpruneError(f"the {self.name} backend builds no bf16 files")
         return self.module().build_from_onnx(Path(onnx_path), Path(path), options)
 
     def runner_for(self, detector: Any, options: TargetOptions = TargetOptions()) -> Runner:
@@ -121,6 +131,8 @@ BACKENDS: dict[str, Backend] = {
     "onnxruntime": Backend("onnxruntime", (ONNX_SUFFIX,), "xprune.runtime.onnxruntime", "ONNX Runtime",
                            evaluates_map=True),
     "jax": Backend("jax", (".msgpack",), "xprune.runtime.jax", "JAX jit", framework="jax"),
+    "openvino": Backend("openvino", (".xml",), "xprune.runtime.openvino", "OpenVINO", engine="openvino",
+                        evaluates_map=True, bf16=True, runs_onnx=True),
     "tensorrt": Backend("tensorrt", (".engine", ".plan", ".trt"), "xprune.runtime.tensorrt", "TensorRT",
                         engine="trt"),
 }
@@ -161,7 +173,7 @@ def label(name: str) -> str:
 
 def export_backends() -> list[Backend]:
     """The backends that run an exported model, in table order: the ONNX file itself, or an engine built from it."""
-    return [b for b in BACKENDS.values() if b.framework is None and (b.builds_engine or ONNX_SUFFIX in b.suffixes)]
+    return [b for b in BACKENDS.values() if b.framework is None and (b.builds_engine or b.runs_exported_onnx)]
 
 
 def onnx_backend() -> Backend:

@@ -158,6 +158,7 @@ def render(study: dict, figures: dict[str, Path]) -> str:
                 "fps-vs-map-torch": "FPS vs mAP, PyTorch eager (paper Fig. 3)",
                 "fps-vs-map-onnxruntime": "FPS vs mAP, ONNX Runtime, folded; the Ultralytics peer as a diamond",
                 "fps-vs-map-tensorrt": "FPS vs mAP, TensorRT",
+                "fps-vs-map-openvino": "FPS vs mAP, OpenVINO (fp32), folded",
                 "object-sizes": "Object sizes of the val split next to COCO's"}
     for name, path in figures.items():
         cap = captions.get(name) or (f"Layer importance, attr vs L1 (paper Fig. 2): {name[len('importance-'):]}"

@@ -11,6 +11,7 @@ BACKEND_TITLES = {
              "paper's setting)",
     "onnxruntime": "ONNX Runtime, CPU — exported raw heads with the zeroed layers folded out (xprune)",
     "tensorrt": "TensorRT — engines built from the folded ONNX",
+    "openvino": "OpenVINO, CPU, fp32 — exported raw heads with the zeroed layers folded out (xprune)",
 }
 
 

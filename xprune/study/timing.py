@@ -5,8 +5,9 @@ A/A copy does not always follow the baseline; the seed and every round's order a
 
 Every backend comes from `xprune.runtime.registry`, and what the study times there follows from what it declares:
 the model's framework slot (`FRAMEWORK`) runs the detector in memory on the backend of its framework
-(`runner_for`); a backend that builds an engine gets one built from the folded export; a backend that opens ONNX
-files runs the folded export itself (and the unfolded one, with `onnx_zeroed`). Files go through
+(`runner_for`); a backend that opens ONNX files runs the folded export itself (and the unfolded one, with
+`onnx_zeroed`), even one that can also build its own file from it (OpenVINO); any other backend that builds an engine
+gets one built from the folded export. Files go through
 `xprune.bench.run.open_target`, so the runner is the one `xprune bench` would use for them.
 """
 
@@ -45,16 +46,13 @@ class Timed:
 
 def runs_onnx(backend: str) -> bool:
     """Whether the backend runs the exported ONNX file itself (and so the unfolded one too)."""
-    if backend == FRAMEWORK:
-        return False
-    b = backend_named(backend)
-    return not b.builds_engine and ONNX_SUFFIX in b.suffixes
+    return backend != FRAMEWORK and backend_named(backend).runs_exported_onnx
 
 
 def what_is_timed(backend: str) -> str:
     if backend == FRAMEWORK:
         return FRAMEWORK_TIMED
-    return ENGINE_TIMED if backend_named(backend).builds_engine else ONNX_TIMED
+    return ONNX_TIMED if runs_onnx(backend) else ENGINE_TIMED
 
 
 def framework_target(model: str, t: Timed) -> Target:
@@ -95,9 +93,9 @@ def open_timed(backend: str, model: str, t: Timed, work: Path, settings: StudySe
     if backend == FRAMEWORK:
         return framework_target(model, t)
     b = backend_named(backend)
-    if b.builds_engine:
-        return engine_target(b, model, t, work, settings, log)
-    return onnx_target(b, model, t, work, settings)
+    if runs_onnx(backend):
+        return onnx_target(b, model, t, work, settings)
+    return engine_target(b, model, t, work, settings, log)
 
 
 def backends_block(settings: StudySettings) -> dict:

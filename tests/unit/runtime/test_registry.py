@@ -43,9 +43,10 @@ def test_every_package_provides_what_its_line_declares():
 
 def test_the_registry_answers_what_callers_ask():
     assert onnx_backend().name == "onnxruntime"
-    assert engine_names() == ["trt"] and engine_builder("trt").name == "tensorrt"
-    assert [b.name for b in export_backends()] == ["onnxruntime", "tensorrt"]
-    with pytest.raises(XpruneError, match="unknown engine 'nope'; choose one of: trt"):
+    assert engine_names() == ["openvino", "trt"] and engine_builder("trt").name == "tensorrt"
+    assert engine_builder("openvino").name == "openvino"
+    assert [b.name for b in export_backends()] == ["onnxruntime", "openvino", "tensorrt"]
+    with pytest.raises(XpruneError, match="unknown engine 'nope'; choose one of: openvino, trt"):
         engine_builder("nope")
     with pytest.raises(XpruneError, match="builds no engine"):
         backend_named("onnxruntime").build("m.onnx", "m.engine")
