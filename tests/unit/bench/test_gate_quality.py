@@ -1,9 +1,7 @@
 """benchmarks/gate_quality.py's scoring and report on synthetic runs (the measuring itself starts processes and
 takes minutes; it is smoke-run by hand): every comparison kind and mode is counted, and the rates follow."""
 
-import importlib.util
 import json
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -11,17 +9,13 @@ import numpy as np
 import pytest
 
 from xprune.bench.results import new_results
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def gq():
-    spec = importlib.util.spec_from_file_location("gate_quality", ROOT / "benchmarks" / "gate_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gate_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gate_quality")
 
 
 def _row(median, rng, n=30):

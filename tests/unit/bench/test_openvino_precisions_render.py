@@ -1,23 +1,17 @@
 """benchmarks/openvino_precisions.py's markdown, rendered from a small synthetic results file alone (measuring needs
 OpenVINO, NNCF and minutes; it is run by hand), and its one-line refusal of a missing or foreign file."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def ovp():
-    spec = importlib.util.spec_from_file_location("openvino_precisions", ROOT / "benchmarks" / "openvino_precisions.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["openvino_precisions"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("openvino_precisions")
 
 
 def _ratio(median):

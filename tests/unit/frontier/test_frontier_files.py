@@ -4,10 +4,8 @@ frontier.json alone; the early-stop rule; point files of other inputs, or withou
 line; bad settings exit 2 before anything runs."""
 
 import contextlib
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,8 @@ from xprune.frontier import render, summary
 from xprune.frontier.point import early_stop, point_path, run_point
 from xprune.frontier.settings import CONTROL, FORMAT, FrontierSettings, grid, point_id
 from xprune.frontier.timing import TIMING_FORMAT, timing_path
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def world(n_img=30, seed=0):
@@ -152,12 +150,7 @@ def test_point_files_are_resumed_only_when_asked_and_only_their_own(tmp_path):
 
 @pytest.fixture(scope="module")
 def frontier_cli():
-    spec = importlib.util.spec_from_file_location("frontier_benchmark", ROOT / "benchmarks" / "frontier.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_benchmark("frontier")
 
 
 @pytest.mark.parametrize("args, message", [

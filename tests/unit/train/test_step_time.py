@@ -1,6 +1,5 @@
 """benchmarks/step_time.py: timed training steps under a family's recipe, and a table rendered from the files."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,16 +8,14 @@ from pathlib import Path
 import pytest
 
 from xprune.errors import XpruneError
+from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "benchmarks" / "step_time.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_time")
 
 
 @pytest.mark.slow  # timed steps of a real detector
