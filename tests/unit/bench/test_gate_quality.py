@@ -3,7 +3,6 @@ takes minutes; it is smoke-run by hand): every comparison kind and mode is count
 
 import json
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
 import pytest

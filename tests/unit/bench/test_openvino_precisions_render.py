@@ -2,7 +2,6 @@
 OpenVINO, NNCF and minutes; it is run by hand), and its one-line refusal of a missing or foreign file."""
 
 import json
-from pathlib import Path
 
 import pytest
 from benchmark_scripts import load_benchmark

@@ -6,7 +6,6 @@ line; bad settings exit 2 before anything runs."""
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
