@@ -42,8 +42,24 @@ def read_point(path: Path) -> dict | None:
 
 
 def identity(start: ModelStart, s: FrontierSettings, criterion: str | None, target: float | None) -> dict:
-    return plain({"start": start.record["start_sha256"], "criterion": criterion, "target": target,
-                  "recipe": s.recipe()})
+    doc = {"start": start.record["start_sha256"], "criterion": criterion, "target": target, "recipe": s.recipe()}
+    if is_peer(criterion):
+        from xprune.frontier.peer import torch_pruning, torch_pruning_version
+        torch_pruning()  # one line naming the extra when it is missing
+        doc["torch_pruning"] = torch_pruning_version()
+    return plain(doc)
+
+
+def is_peer(criterion: str | None) -> bool:
+    from xprune.frontier.peer import PEER_CRITERIA
+
+    return criterion in PEER_CRITERIA
+
+
+def held_layers(start: ModelStart, record: dict | None) -> list[str]:
+    """The start's zero layers under their names in the model: a channel-pruned C2f's split conv is its halves."""
+    split = (record or {}).get("split_convs", {})
+    return [half for name in start.held for half in split.get(name, [name])]
 
 
 def early_stop(doc: dict, evaluation: dict, control: dict | None, s: FrontierSettings) -> dict | None:
@@ -87,7 +103,12 @@ def run_point(start: ModelStart, criterion: str | None, target: float | None, s:
         doc = {"format": FORMAT, "model": start.name, "point": pid, "criterion": criterion, "target": target,
                "identity": me, "start": start.record, "status": "running", "evaluations": [],
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if criterion is not None:
+        if is_peer(criterion):
+            from xprune.frontier.peer import channel_pruned
+            log(f"{tag}: Torch-Pruning channels for {target:.0%} of the start's MACs")
+            det, doc["peer"] = channel_pruned(start.detector, target, criterion, start.calib, s.seed)
+            doc["layers"] = held_layers(start, doc["peer"])
+        elif criterion is not None:
             log(f"{tag}: choosing layers for {target:.0%} of the start's MACs")
             plan = plan_for_target(det, start.scores(criterion, s.seed), start.full_target(target), "safe",
                                    start.fold)
@@ -95,9 +116,11 @@ def run_point(start: ModelStart, criterion: str | None, target: float | None, s:
             doc["layers"] = start.held + plan.layers
         else:
             doc["layers"] = list(start.held)
-        macs = exported_macs(det, doc["layers"])
+        macs = exported_macs(det, doc["layers"])  # the peer's too: its record measured the same export
         doc["macs"] = {**macs, "start": start.record["macs"],
                        "removed_fraction": 1 - macs["after"] / start.record["macs"]}
+    elif is_peer(criterion):
+        det = peer_rebuilt(start, doc, s.seed)
     layers = doc["layers"]
     det.zero_layers(layers)
     control = read_point(point_path(out, start.name, CONTROL)) if criterion is not None else None
@@ -157,11 +180,19 @@ def exported_macs(det, layers: list[str]) -> dict:
     return {"before": rep["macs_before"], "after": rep["macs_after"]}
 
 
-def pruned_detector(start: ModelStart, doc: dict, work: Path):
+def peer_rebuilt(start: ModelStart, doc: dict, seed: int):
+    """A peer point's channel-pruned model again, from the ratio its search found (Torch-Pruning is deterministic
+    for the same model, ratio, criterion, calibration images and seed)."""
+    from xprune.frontier.peer import pruned_at_ratio
+
+    return pruned_at_ratio(start.detector, doc["peer"]["pruning_ratio"], doc["criterion"], start.calib, seed)
+
+
+def pruned_detector(start: ModelStart, doc: dict, work: Path, seed: int = 0):
     """The point's detector as its fine-tuning left it (its last state), or zeroed where it was not fine-tuned."""
     import torch
 
-    det = copy.deepcopy(start.detector)
+    det = peer_rebuilt(start, doc, seed) if doc.get("peer") else copy.deepcopy(start.detector)
     state = state_path(work, start.name, doc["point"])
     if doc.get("finetune") and state.exists():
         det.model.load_state_dict(torch.load(state, map_location="cpu", weights_only=False)["model"])

@@ -61,7 +61,8 @@ def model_section(m: dict, epochs: list[int]) -> list[str]:
         cells = [(_delta(at.get(e)) if e in at else ("stopped" if stopped and e > stopped["after_epoch"] else "-"))
                  for e in epochs]
         lines.append(f"| {pid}{' (running)' if pid in m['running'] else ''} | "
-                     f"{100 * rows[0]['removed_mac_fraction']:.1f} % | {rows[0]['layers']} | {ratio} | {speed} | "
+                     f"{100 * rows[0]['removed_mac_fraction']:.1f} % | "
+                     f"{'channels' if rows[0]['layers'] is None else rows[0]['layers']} | {ratio} | {speed} | "
                      + " | ".join(cells) + f" | {max(cpu) / 60:.0f} min |" if cpu else " - |")
     if m["stopped"]:
         lines += ["", "Stopped early: " + "; ".join(f"{pid} after epoch {st['after_epoch']} (mAP {st['map']:.4f}, "

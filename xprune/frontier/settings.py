@@ -83,8 +83,11 @@ class FrontierSettings:
         for name in self.models:
             if name not in MODELS:
                 raise XpruneError(f"unknown frontier model '{name}'; choose from: {', '.join(MODELS)}")
+        from xprune.frontier.peer import PEER_CRITERIA
+
         for c in self.criteria:
-            get_criterion(c)
+            if c not in PEER_CRITERIA:  # the peer's channel pruning is not an xprune criterion
+                get_criterion(c)
         for t in self.targets:
             check_target_macs(t)
         if self.epochs < 0 or any(e < 0 or e > self.epochs for e in self.evaluate_at):

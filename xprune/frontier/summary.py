@@ -59,7 +59,8 @@ def summarize_model(out: Path, model: str, resamples: int, seed: int = 0) -> dic
             low, high = boot.map_interval(m)
             row = {"point": pid, "criterion": doc["criterion"], "target": doc["target"], "epoch": ev["epoch"],
                    "status": doc["status"], "map": ev["map"], "map_low": low, "map_high": high,
-                   "removed_mac_fraction": doc["macs"]["removed_fraction"], "layers": len(doc["layers"]),
+                   "removed_mac_fraction": doc["macs"]["removed_fraction"],
+                   "layers": None if doc.get("peer") else len(doc["layers"]),  # the peer removes channels
                    "finetune_cpu_seconds": cpu_seconds_to(doc, ev["epoch"]), "latency": latency.get(pid)}
             if ev["epoch"] in base_by_epoch:
                 base, base_matches = base_by_epoch[ev["epoch"]]

@@ -49,7 +49,7 @@ def time_model(start: ModelStart, s: FrontierSettings, out: Path, work: Path, lo
         for doc in points:
             vid = "baseline" if doc["point"] == CONTROL else doc["point"]
             files[vid] = Path(tmp) / f"{vid}.onnx"
-            rep = export_onnx(pruned_detector(start, doc, work), files[vid], fold=True)
+            rep = export_onnx(pruned_detector(start, doc, work, s.seed), files[vid], fold=True)
             exported[vid] = {"point": doc["point"], "macs_after": rep["macs_after"]}
         files[AA] = Path(tmp) / f"{AA}.onnx"
         files[AA].write_bytes(files["baseline"].read_bytes())
