@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,11 @@ YOLO_EXTRA = 'pip install "xprune[yolo]"'  # Ultralytics is AGPL-3.0, so an extr
 
 
 def require_ultralytics() -> None:
-    """Raise one XpruneError line naming the `yolo` extra when Ultralytics cannot be imported."""
+    """Raise one XpruneError line naming the `yolo` extra when Ultralytics is not installed. Found, not imported:
+    listing what is available (the references, `xprune models`) must not load it."""
     quiet_ultralytics_env()
-    try:
-        importlib.import_module("ultralytics")
-    except ImportError as e:
-        raise XpruneError(f"the YOLO families need Ultralytics ({e}): {YOLO_EXTRA}") from None
+    if importlib.util.find_spec("ultralytics") is None:
+        raise XpruneError(f"the YOLO families need Ultralytics (No module named 'ultralytics'): {YOLO_EXTRA}")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def study(tmp_path_factory, synth_data):
     settings = StudySettings(out=out, models=["yolov8n"], criteria=("l1", "attr"), rates=(0.02, 0.05),
                              data=synth_data, calib_images=4, batch_size=4, use_reference=False,
                              speed_input_size=64, latency=TINY, progress=False, command="pytest tiny study",
-                             backends=("torch", "onnxruntime"))
+                             backends=("torch", "onnxruntime", "tensorrt"))
     lines: list[str] = []
     path = run_study(settings, log=lines.append)
     sys.path.insert(0, str(ROOT / "benchmarks"))
