@@ -86,6 +86,7 @@ def test_c2f_without_split_computes_what_c2f_did(calib):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_yolov8n_magnitude_reaches_the_target_and_is_rebuilt_exactly(calib, tmp_path):
     det = random_detector("yolov8n", calib)
     before = det.state_sha256()

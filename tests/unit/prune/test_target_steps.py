@@ -65,6 +65,7 @@ def test_the_walk_reaches_the_target_in_nested_steps(yolo, l1):
     assert len(search.plan.fold["steps"]) == len(search.path)
 
 
+@pytest.mark.slow
 def test_a_step_over_budget_is_trained_then_undone_and_halved(yolo, l1):
     det = copy.deepcopy(yolo)
     before = {k: v.clone() for k, v in det.model.state_dict().items()}
