@@ -82,6 +82,7 @@ def iterative_target_search(detector: Detector, scores: dict, evaluate: Callable
     kept = {"reached": 0.0, "layers": 0, "map": baseline, "drop": 0.0}
     path: list[dict[str, Any]] = []
     fold, stopped_by, failed_goal = first_fold, "target", None
+    failed: set[frozenset[str]] = set()  # layer sets over budget on top of the kept ones: never trained twice
     while kept["reached"] < target - 1e-9:
         goal = min(target, kept["reached"] + step)
         if failed_goal is not None and goal >= failed_goal - 1e-12:  # the same step again would fail again
@@ -98,6 +99,9 @@ def iterative_target_search(detector: Detector, scores: dict, evaluate: Callable
                 stopped_by = "no candidates"
                 break
             step /= 2
+            continue
+        if frozenset(plan.layers) in failed:  # a smaller goal chose the same units: halve again
+            failed_goal = goal
             continue
         layers = [*_layers(kept_plans), *plan.layers]
         detector.zero_layers(plan.layers)
@@ -120,11 +124,12 @@ def iterative_target_search(detector: Detector, scores: dict, evaluate: Callable
         if within:
             kept_plans.append(plan)
             kept = {"reached": reached, "layers": len(layers), "map": value, "drop": drop}
-            kept_state, failed_goal = snapshot(detector), None
+            kept_state, failed_goal, failed = snapshot(detector), None, set()
             fold = analyse(detector)
         else:
             detector.model.load_state_dict(kept_state)
             failed_goal = goal
+            failed.add(frozenset(plan.layers))
             if step / 2 < min_step:
                 stopped_by = "budget"
                 break

@@ -75,6 +75,7 @@ def test_a_step_over_budget_is_trained_then_undone_and_halved(yolo, l1):
     assert fake.calls and search.stopped_by in ("budget", "target")  # some step went over and was trained
     failed = [p for p in search.path if not p["kept"]]
     assert failed and all(p["map_finetuned"] is not None and p["drop"] > 0.012 for p in failed)
+    assert len({frozenset(p["layers"]) for p in failed}) == len(failed)  # a set over budget is not trained twice
     kept = [p for p in search.path if p["kept"]]
     assert all(p["drop"] <= 0.012 + 1e-9 for p in kept)
     # after a failure the next goal is half a step above the last kept fraction
