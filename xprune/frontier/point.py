@@ -41,6 +41,12 @@ def read_point(path: Path) -> dict | None:
     return doc
 
 
+def model_points(out: Path, model: str) -> list[dict]:
+    """Every point file of `model` under `out`, in name order."""
+    folder = out / "points" / model
+    return [d for d in (read_point(p) for p in sorted(folder.glob("*.json"))) if d] if folder.is_dir() else []
+
+
 def identity(start: ModelStart, s: FrontierSettings, criterion: str | None, target: float | None) -> dict:
     doc = {"start": start.record["start_sha256"], "criterion": criterion, "target": target, "recipe": s.recipe()}
     if is_peer(criterion):

@@ -32,7 +32,6 @@ def estimate_seconds(start: ModelStart, s: FrontierSettings, points: int) -> flo
     """Recovery time of `points` points of this model: a few timed training steps (with distillation) times the
     epochs, plus the evaluations."""
     import copy
-    import time as _time
 
     from xprune.evaluate.coco_map import evaluate_map
     from xprune.prune.finetune import FinetuneSettings
@@ -45,9 +44,9 @@ def estimate_seconds(start: ModelStart, s: FrontierSettings, points: int) -> flo
     ft = FinetuneSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed).for_detector(det)
     distiller = Distiller(start.detector, ft.distill_weight) if s.distill else None
     epoch = epoch_seconds(det, start.train, ft.train_settings(), distiller)
-    t0 = _time.perf_counter()
+    t0 = time.perf_counter()
     evaluate_map(det, start.val, limit=min(16, len(start.val)))
-    evaluation = (_time.perf_counter() - t0) * len(start.val) / min(16, len(start.val))
+    evaluation = (time.perf_counter() - t0) * len(start.val) / min(16, len(start.val))
     return points * (s.epochs * epoch + len(s.evaluate_at) * evaluation)
 
 

@@ -111,7 +111,8 @@ def prepare(name: str, s: FrontierSettings, data: Path, log: Log) -> ModelStart:
         log(f"[{name}] removing {start.remove_level} takes {100 * (1 - after / fold_before):.1f} % of the MACs; "
             f"val mAP {reference_map:.4f} -> {record['removed_level']['map']:.4f}")
     record["start_sha256"] = det.state_sha256()
-    record["macs"] = _exported_macs(det)  # the start's folded export: what the targets are fractions of
+    # the start's folded export: what the targets are fractions of (measured already when a level was removed)
+    record["macs"] = record["removed_level"]["macs_after"] if held else _exported_macs(det)
     return ModelStart(name, det, held, record, val, calib, train)
 
 

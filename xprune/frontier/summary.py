@@ -9,16 +9,11 @@ from pathlib import Path
 
 from xprune.errors import XpruneError
 from xprune.files import read_json
-from xprune.frontier.point import read_point
+from xprune.frontier.point import model_points
 from xprune.frontier.settings import BUDGET, CONTROL, GOAL_RATIO
 from xprune.frontier.timing import TIMING_FORMAT, timing_path
 
 SUMMARY_FORMAT = "xprune-frontier-2"
-
-
-def model_points(out: Path, model: str) -> list[dict]:
-    folder = out / "points" / model
-    return [read_point(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def read_timing(out: Path, model: str) -> dict | None:

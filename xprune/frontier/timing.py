@@ -13,7 +13,7 @@ from typing import Callable
 
 from xprune.errors import XpruneError
 from xprune.files import write_json
-from xprune.frontier.point import point_path, pruned_detector, read_point
+from xprune.frontier.point import model_points, pruned_detector
 from xprune.frontier.settings import CONTROL, FrontierSettings
 from xprune.frontier.start import ModelStart
 
@@ -27,9 +27,7 @@ def timing_path(out: Path, model: str) -> Path:
 
 
 def finished_points(out: Path, model: str) -> list[dict]:
-    folder = out / "points" / model
-    docs = [read_point(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-    return [d for d in docs if d and d["status"] in ("done", "stopped")]
+    return [d for d in model_points(out, model) if d["status"] in ("done", "stopped")]
 
 
 def time_model(start: ModelStart, s: FrontierSettings, out: Path, work: Path, log: Log) -> dict:
