@@ -133,14 +133,14 @@ def test_ultralytics_checkpoint_without_ultralytics_names_the_extra(tmp_path, ca
 
 
 def test_yolo_entry_points_without_ultralytics_raise_one_line(no_ultralytics, tmp_path):
-    from xprune.study.peer import export_ultralytics_onnx
+    from xprune.study.peer import export_ultralytics
     from xprune.train.yolo import train_yolo
     from xprune.train.yolo_finetune import finetune_with_ultralytics, trainer_args
 
     calls = [lambda: train_yolo("yolov8n", tmp_path, 1, 64, tmp_path / "run"),
              lambda: finetune_with_ultralytics(tmp_path / "p.pt", [], tmp_path, 1, tmp_path / "ft.pt"),
              lambda: trainer_args({}, 1, 0.001, {}),
-             lambda: export_ultralytics_onnx(None, tmp_path / "peer.onnx")]  # type: ignore[arg-type]
+             lambda: export_ultralytics(None, tmp_path / "peer.onnx")]  # type: ignore[arg-type]
     for call in calls:
         with pytest.raises(XpruneError, match=r"the YOLO families need Ultralytics .*xprune\[yolo\]"):
             call()

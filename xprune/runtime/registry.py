@@ -80,6 +80,7 @@ class Backend:
     framework: str | None = None  # runs detectors in memory of this framework (a detector's `framework`)
     bf16: bool = False  # its build takes `EngineOptions.bf16`
     runs_onnx: bool = False  # also runs exported .onnx files, when named (they open with ONNX Runtime by suffix)
+    ultralytics_format: str | None = None  # `YOLO.export(format=...)` writes a file it runs: the study's peer
 
     @property
     def builds_engine(self) -> bool:
@@ -129,10 +130,10 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", (".pt", ".pth"), "xprune.runtime.pytorch", "PyTorch eager", framework="torch"),
     "onnxruntime": Backend("onnxruntime", (ONNX_SUFFIX,), "xprune.runtime.onnxruntime", "ONNX Runtime",
-                           evaluates_map=True),
+                           evaluates_map=True, ultralytics_format="onnx"),
     "jax": Backend("jax", (".msgpack",), "xprune.runtime.jax", "JAX jit", framework="jax"),
     "openvino": Backend("openvino", (".xml",), "xprune.runtime.openvino", "OpenVINO", engine="openvino",
-                        evaluates_map=True, bf16=True, runs_onnx=True),
+                        evaluates_map=True, bf16=True, runs_onnx=True, ultralytics_format="openvino"),
     "tensorrt": Backend("tensorrt", (".engine", ".plan", ".trt"), "xprune.runtime.tensorrt", "TensorRT",
                         engine="trt"),
 }
@@ -174,6 +175,11 @@ def label(name: str) -> str:
 def export_backends() -> list[Backend]:
     """The backends that run an exported model, in table order: the ONNX file itself, or an engine built from it."""
     return [b for b in BACKENDS.values() if b.framework is None and (b.builds_engine or b.runs_exported_onnx)]
+
+
+def map_backends() -> list[Backend]:
+    """The backends that run an exported ONNX file for its mAP, the registry's ONNX backend first."""
+    return [b for b in export_backends() if b.evaluates_map and b.runs_exported_onnx]
 
 
 def onnx_backend() -> Backend:

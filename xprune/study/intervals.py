@@ -10,12 +10,13 @@ module adds is the study's side: which evaluations get which interval, and how t
 from __future__ import annotations
 
 from xprune.evaluate.bootstrap import ImageBootstrap
-from xprune.runtime.registry import onnx_backend
-from xprune.study.settings import FRAMEWORK, Log
+from xprune.runtime.registry import map_backends
+from xprune.study.settings import FRAMEWORK, Log, map_prefix
 from xprune.study.variants import Variant
 
-# where a variant's mAP was measured -> (prefix of its fields, the baseline's source it pairs with)
-SOURCES = {FRAMEWORK: ("", FRAMEWORK), onnx_backend().name: ("onnx_", onnx_backend().name)}
+# where a variant's mAP was measured: the framework, and each backend that runs exported files for their mAP; a
+# variant pairs with the baseline measured on the same one
+SOURCES = (FRAMEWORK, *(b.name for b in map_backends()))
 
 
 class Intervals(ImageBootstrap):
@@ -27,11 +28,12 @@ class Intervals(ImageBootstrap):
 
 
 def add_intervals(name: str, variants: list[Variant], intervals: Intervals, log: Log) -> None:
-    """Every variant's mAP interval per evaluation it has (PyTorch, ONNX Runtime) and, for pruned variants, the
+    """Every variant's mAP interval per evaluation it has (PyTorch, ONNX Runtime, OpenVINO) and, for pruned variants, the
     paired ΔmAP against the baseline's evaluation on the same runtime: `<prefix>map_low/high`, `<prefix>dmap`,
     `<prefix>dmap_low/high` in the variant's info."""
     base = variants[0]
-    for source, (prefix, base_source) in SOURCES.items():
+    for source in SOURCES:
+        prefix = map_prefix(source)
         todo = [v for v in variants if source in v.matches]
         if not todo:
             continue
@@ -40,7 +42,7 @@ def add_intervals(name: str, variants: list[Variant], intervals: Intervals, log:
             m = v.matches[source]
             low, high = intervals.map_interval(m)
             v.info.update({f"{prefix}map_low": low, f"{prefix}map_high": high})
-            bm = base.matches.get(base_source)
+            bm = base.matches.get(source)
             if not v.is_baseline and bm is not None:
                 d, low, high = intervals.delta_interval(bm, m)
                 v.info.update({f"{prefix}dmap": d, f"{prefix}dmap_low": low, f"{prefix}dmap_high": high})

@@ -1,6 +1,6 @@
 """What a study measures of each variant outside the timed runs: mAP in the model's framework and, for accuracy
-models, of the exported file on the registry's ONNX backend (`onnx_backend`: ONNX Runtime), each with its per-image
-evaluation for the bootstrap intervals; params and MACs by ptflops; and the ONNX export with xprune's fold, checked
+models, of the exported file on each timed backend that runs exported files for their mAP (`map_backends`: ONNX
+Runtime, OpenVINO in fp32), each with its per-image evaluation for the bootstrap intervals; params and MACs by ptflops; and the ONNX export with xprune's fold, checked
 against the framework's outputs on a random input. For two-stage models, the proposals that survive the RPN on that
 input: their work depends on it.
 
@@ -17,8 +17,8 @@ import torch
 
 from xprune.bench.latency import LatencyProtocol
 from xprune.models.detector import Detector, postprocess
-from xprune.runtime.registry import TargetOptions, onnx_backend
-from xprune.study.settings import FRAMEWORK, Log, StudySettings
+from xprune.runtime.registry import Backend, TargetOptions, map_backends, onnx_backend
+from xprune.study.settings import FRAMEWORK, Log, StudySettings, map_prefix
 from xprune.study.variants import Variant
 
 
@@ -49,12 +49,15 @@ def accuracy_and_complexity(det: Detector, val, batch_size: int, progress: bool,
 
 
 def exported_map(path: Path, det: Detector, val, threads: int | None, progress: bool, per_image: bool = False,
-                 decode: Callable[[tuple[np.ndarray, ...]], tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
-    """mAP of an exported ONNX file on the registry's ONNX backend at batch 1 and the shared post-process
-    (`decode`: raw outputs -> boxes, scores, for another exporter's outputs); with `per_image`, also "matches"."""
+                 decode: Callable[[tuple[np.ndarray, ...]], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 backend: Backend | None = None) -> dict:
+    """mAP of an exported file on `backend` (default: the registry's ONNX backend) at batch 1 and the shared
+    post-process (`decode`: raw outputs -> boxes, scores, for another exporter's outputs); with `per_image`, also
+    "matches"."""
     from xprune.evaluate.coco_map import evaluate_predictions
 
-    with onnx_backend().runner(path, TargetOptions(threads=threads), nms_iou=det.nms_iou) as r:
+    backend = backend or onnx_backend()
+    with backend.runner(path, TargetOptions(threads=threads), nms_iou=det.nms_iou) as r:
         predict = r.predict if decode is None else (
             lambda x: postprocess(*decode(r.infer(x.numpy())), iou=det.nms_iou))
         return evaluate_predictions(predict, val, det.category_ids, batch_size=1, progress=progress,
@@ -100,7 +103,8 @@ def measure_variants(name: str, variants: list[Variant], val, work: Path, settin
     """Fill every variant's `info`: its uses, mAP, complexity and, when a backend runs ONNX, its export."""
     exports = any(b != FRAMEWORK for b in settings.backends)  # every other backend runs the export
     onnx = onnx_backend()
-    onnx_accuracy = val is not None and settings.onnx_map and onnx.name in settings.backends
+    evaluated = [b for b in map_backends() if b.name in settings.backends] if val is not None and settings.onnx_map \
+        else []
     for i, v in enumerate(variants, 1):
         tag = f"[{name}] variant {i}/{len(variants)} {v.id}"
         v.info.update({"id": v.id, "method": v.method, "layers": list(v.layers), "uses": [list(u) for u in v.uses]})
@@ -120,13 +124,16 @@ def measure_variants(name: str, variants: list[Variant], val, work: Path, settin
             continue
         log(f"{tag}: ONNX export{'' if v.is_baseline else ' + fold'}")
         export_variant(v, name, work, settings, reference)
-        if onnx_accuracy:
+        for backend in evaluated:
             assert v.onnx is not None
-            log(f"{tag}: mAP ({onnx.label}, batch 1)")
-            m = exported_map(v.onnx, v.detector, val, settings.threads, settings.progress, per_image=True)
-            v.info.update({"onnx_map": m["map"], "onnx_map50": m["map50"], "onnx_val_images": m["images"]})
-            v.matches[onnx.name] = m["matches"]
-            if v.onnx_zeroed is not None:  # the same runtime on the unfolded file: what folding changed
+            log(f"{tag}: mAP ({backend.label}, batch 1)")
+            m = exported_map(v.onnx, v.detector, val, settings.threads, settings.progress, per_image=True,
+                             backend=backend)
+            prefix = map_prefix(backend.name)
+            v.info.update({f"{prefix}map": m["map"], f"{prefix}map50": m["map50"],
+                           f"{prefix}val_images": m["images"]})
+            v.matches[backend.name] = m["matches"]
+            if v.onnx_zeroed is not None and backend.name == onnx.name:  # the same runtime on the unfolded file: what folding changed
                 m = exported_map(v.onnx_zeroed, v.detector, val, settings.threads, settings.progress)
                 v.info.update({"zeroed_onnx_map": m["map"], "zeroed_onnx_map50": m["map50"]})
 

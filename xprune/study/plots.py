@@ -7,7 +7,7 @@
 - rate-sweep-fps.png       %Δ FPS vs pruning rate per backend, per model and criterion
 - macs-vs-map.png          effective MACs (after folding) vs mAP (MobileNetV2 report Fig. 2)
 - fps-vs-map-<backend>.png FPS vs mAP per model (paper Fig. 3, MobileNetV2 report Fig. 3); the Ultralytics peer is
-                           drawn on the ONNX Runtime plot
+                           drawn on the plot of each runtime it was exported for
 - object-sizes.png         the val split's object sizes: the small/medium/large mix next to COCO's, and the histogram
                            of box side over image side
 """
@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from xprune.runtime.registry import label  # noqa: E402
+from xprune.study.report_tables import study_peers  # noqa: E402
 from xprune.study.rows import ran_on  # noqa: E402
 from xprune.study.settings import FRAMEWORK  # noqa: E402
 
@@ -192,7 +193,7 @@ def fps_vs_map(study: dict, backend: str, path: Path) -> Path | None:
     if not models:
         return None
     fig, axes = _panels(len(models))
-    peer = study.get("peer") or {}
+    peer = study_peers(study).get(backend) or {}
     for ax, m in zip(axes, models):
         for r in _rows(study, model=m["model"], backend=backend):
             if r["map"] is None:
@@ -205,8 +206,7 @@ def fps_vs_map(study: dict, backend: str, path: Path) -> Path | None:
                             textcoords="offset points")
         for method in ["baseline", *study["settings"]["criteria"]]:
             ax.scatter([], [], color=color(method), label=method)
-        if (peer.get("runtime") or {}).get("backend") == backend and peer.get("available") \
-                and peer.get("model") == m["model"] and peer.get("map") is not None:
+        if peer.get("available") and peer.get("model") == m["model"] and peer.get("map") is not None:
             ax.scatter(peer["fps"], peer["map"], color="tab:olive", marker="D", s=60, zorder=4,
                        label="Ultralytics export (unpruned)")
         ran = backend_label(_rows(study, model=m["model"], backend=backend), backend)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from xprune.errors import XpruneError
 from xprune.files import read_json, write_with
-from xprune.runtime.registry import BACKENDS
+from xprune.runtime.registry import BACKENDS, map_backends
 
 from xprune.study.report_format import DASH, f_frac, f_int, f_rate, md_table
 from xprune.study.report_models import agreement, head_levels, models_table
@@ -81,7 +81,9 @@ def _settings(study: dict) -> list[str]:
 def _map_protocol(s: dict) -> str:
     if "bootstrap_resamples" not in s:
         return "- mAP without intervals (a study from before they were measured)"
-    runtimes = "PyTorch and, for every variant's exported file, ONNX Runtime" if s.get("onnx_map") else "PyTorch"
+    exported = [b.label for b in map_backends() if b.name in s.get("backends", [])]
+    runtimes = f"PyTorch and, for every variant's exported file, {' and '.join(exported)}" \
+        if s.get("onnx_map") and exported else "PyTorch"
     return (f"- mAP measured in {runtimes}; every mAP has a {100 * s['confidence']:g}% percentile-bootstrap interval "
             f"over the val images ({s['bootstrap_resamples']} resamples, seeded), every Δ mAP a paired one: each "
             "resample scores the variant and the unpruned baseline on the same images, on the same runtime")
@@ -158,7 +160,7 @@ def render(study: dict, figures: dict[str, Path]) -> str:
                 "fps-vs-map-torch": "FPS vs mAP, PyTorch eager (paper Fig. 3)",
                 "fps-vs-map-onnxruntime": "FPS vs mAP, ONNX Runtime, folded; the Ultralytics peer as a diamond",
                 "fps-vs-map-tensorrt": "FPS vs mAP, TensorRT",
-                "fps-vs-map-openvino": "FPS vs mAP, OpenVINO (fp32), folded",
+                "fps-vs-map-openvino": "FPS vs mAP, OpenVINO (fp32), folded; the Ultralytics peer as a diamond",
                 "object-sizes": "Object sizes of the val split next to COCO's"}
     for name, path in figures.items():
         cap = captions.get(name) or (f"Layer importance, attr vs L1 (paper Fig. 2): {name[len('importance-'):]}"

@@ -1,8 +1,9 @@
 """The study report's measured tables: Table 2 per backend (one row per variant, with the notes that say how to read
-it) and the Ultralytics peer's comparison."""
+it) and the comparison with Ultralytics' own export on each runtime it exports for (the peers)."""
 
 from __future__ import annotations
 
+from xprune.runtime.registry import label
 from xprune.study.report_format import (DASH, f_dmap, f_fps, f_frac, f_gmacs, f_int, f_interval, f_map, f_ms, f_pct,
                                         f_rate, f_ratio, md_table)
 
@@ -107,19 +108,45 @@ def _minus_peer(d: dict | None) -> str:
             f"{f_interval(d['low'], d['high'], f_dmap)})")
 
 
+def study_peers(study: dict) -> dict[str, dict]:
+    """The peer records by backend; a study from before one peer per runtime had one, on ONNX Runtime."""
+    if "peers" in study:
+        return study["peers"] or {}
+    old = study.get("peer")
+    return {"onnxruntime": old} if old else {}
+
+
 def peer_section(study: dict) -> list[str]:
-    p = study.get("peer")
-    lines = ["## Peer: Ultralytics' own ONNX export of the unpruned model, in the same ONNX Runtime run", ""]
-    if not p:
-        return lines + ["No YOLOv8 model in this study (or the peer was switched off): no peer row.", ""]
+    peers = study_peers(study)
+    if not peers:
+        return ["## Peer: Ultralytics' own export of the unpruned model", "",
+                "No YOLO model in this study (or the peer was switched off): no peer row.", ""]
+    lines: list[str] = []
+    for backend, p in peers.items():
+        lines += _peer(backend, p)
+    return lines
+
+
+def _peer(backend: str, p: dict) -> list[str]:
+    runtime = label(backend)
+    e = p.get("export") or {}
+    fmt = e.get("format", "onnx")
+    lines = [f"## Peer on {runtime}: Ultralytics' own {'ONNX' if fmt == 'onnx' else 'OpenVINO'} export of the "
+             f"unpruned model, in the same {runtime} run", ""]
     if not p.get("available"):
         return lines + [f"The peer could not be exported: {p.get('reason')}", ""]
-    e = p["export"]
-    lines += [f"Claim under test: *xprune's pruned and folded {p['model']} runs faster in ONNX Runtime than "
+    if fmt == "onnx":
+        made = (f"opset {e['opset']}, simplify={e['simplify']} via onnxslim {e['onnxslim']}, "
+                f"dynamic={e['dynamic']}; output {e['output_shape']}; {e['nodes']} nodes, {f_gmacs(e['macs'])} GMACs")
+    else:
+        made = (f"OpenVINO {e.get('openvino')}, converted from PyTorch, weights stored as "
+                f"{'/'.join(e.get('weight_types') or []) or '?'}, dynamic={e.get('dynamic')}; output "
+                f"{e['output_shape']}; {e['nodes']} operations")
+    runtime_map = p.get("baseline_runtime_map", p.get("baseline_onnx_map"))
+    lines += [f"Claim under test: *xprune's pruned and folded {p['model']} runs faster in {runtime} than "
               f"Ultralytics' export of the unpruned model* — with the accuracy it lost stated next to it.", "",
-              f"- Export: `{e['call']}` with Ultralytics {e['ultralytics']} defaults otherwise (opset {e['opset']}, "
-              f"simplify={e['simplify']} via onnxslim {e['onnxslim']}, dynamic={e['dynamic']}); output "
-              f"{e['output_shape']}; {e['nodes']} nodes, {f_gmacs(e['macs'])} GMACs, {f_int(e['params'])} params.",
+              f"- Export: `{e['call']}` with Ultralytics {e['ultralytics']} defaults otherwise ({made}, "
+              f"{f_int(e['params'])} params).",
               f"- Its output decoded by the adapter (xywh → xyxy, scores transposed) matches xprune's PyTorch raw "
               f"heads to a max relative error of {p['decoded_max_rel_error_vs_torch']:.1e}; its mAP goes through "
               "the same NMS as every other row.",
@@ -128,8 +155,8 @@ def peer_section(study: dict) -> list[str]:
                  else "") + f", mAP@.50 {f_map(p.get('map50'))}"
               + (f"; threads {p['threads']}" if p.get("threads") is not None else "") + ".",
               f"- xprune's unpruned export vs the peer: paired latency ratio "
-              f"{f_ratio(p['xprune_baseline_vs_peer']['median'])} ({f_fps(p['xprune_baseline_fps'])} FPS; ONNX "
-              f"Runtime mAP {f_map(p.get('baseline_onnx_map'))}, PyTorch mAP {f_map(p.get('baseline_map'))})"
+              f"{f_ratio(p['xprune_baseline_vs_peer']['median'])} ({f_fps(p['xprune_baseline_fps'])} FPS; "
+              f"{runtime} mAP {f_map(runtime_map)}, PyTorch mAP {f_map(p.get('baseline_map'))})"
               + _minus_peer(p.get("xprune_baseline_minus_peer_map")) + "."]
     if p.get("aa_control"):
         a = p["aa_control"]
@@ -150,7 +177,7 @@ def peer_section(study: dict) -> list[str]:
     clear = [c for c in p["comparisons"] if c.get("clearly_faster")]
     source = next((c.get("map_source") for c in p["comparisons"] if c.get("map_source")), None)
     if source:
-        where = "ONNX Runtime, the peer's runtime" if source == "onnxruntime" else "PyTorch"
+        where = f"{runtime}, the peer's runtime" if source == backend else "PyTorch"
         lines += ["", f"mAP in this table: {where}; the interval of what was lost is paired with the baseline."]
     lines += ["", f"Measured: {len(faster)} of {len(p['comparisons'])} (criterion, rate) rows ran faster than the peer "
               f"by the median paired ratio, {len(clear)} of them in at least 90% of the rounds (p90 < 1); read each "

@@ -52,7 +52,7 @@ def _mismatch(old: dict, new: dict) -> str | None:
 
 def kept_models(path: Path, header: dict, weights_sha: Callable[[str], str | None],
                 log: Log) -> dict[str, tuple[dict, list[dict], dict | None]]:
-    """{model: (study.json entry, its rows, its peer record or None)} of every model the study at `path` measured
+    """{model: (study.json entry, its rows, its peer records by backend)} of every model the study at `path` measured
     that the new run (whose study.json header is `header`) can keep. `weights_sha(model)` is the SHA-256 of the
     weights the model would be measured with now (None: random init). No file at `path`: nothing to keep."""
     if not path.is_file():
@@ -68,7 +68,7 @@ def kept_models(path: Path, header: dict, weights_sha: Callable[[str], str | Non
         raise XpruneError(f"cannot resume the study in {display_path(path.parent)}: its {differs} differs from this "
                           "run's; use another --out, or run without --resume to start over")
     kept = {}
-    peer = old.get("peer")
+    peers = old.get("peers") or {}
     for entry in old["models"]:
         name = entry["model"]
         if entry.get("weights", {}).get("sha256") != weights_sha(name):
@@ -76,7 +76,7 @@ def kept_models(path: Path, header: dict, weights_sha: Callable[[str], str | Non
             continue
         entry.setdefault("measured_at", old["environment"].get("timestamp"))  # studies from before the field
         rows = [r for r in old["rows"] if r["model"] == name]
-        kept[name] = (entry, rows, peer if peer and peer.get("model") == name else None)
+        kept[name] = (entry, rows, {b: p for b, p in peers.items() if p.get("model") == name})
     if kept:
         log(f"resume: keeping {', '.join(kept)} from {display_path(path)}")
     return kept

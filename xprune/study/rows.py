@@ -3,8 +3,7 @@ console table `xprune demo` prints of them."""
 
 from __future__ import annotations
 
-from xprune.runtime.registry import onnx_backend
-from xprune.study.settings import FRAMEWORK, StudySettings
+from xprune.study.settings import FRAMEWORK, StudySettings, map_prefix
 from xprune.bench.paired import paired_summary
 from xprune.study.stats import pct_change
 from xprune.study.variants import Variant
@@ -13,12 +12,12 @@ from xprune.study.variants import Variant
 def variant_row(name: str, accuracy: bool, backend: str, v: Variant, method: str, rate: float, t: dict, b: dict,
                 base: Variant) -> dict:
     """One row: `t` is the variant's results row in the backend's timed run, `b` the baseline's. mAP is the one
-    measured on this backend's runtime where there is one (the registry's ONNX backend), else the framework's
+    measured on this backend's runtime where there is one (ONNX Runtime, OpenVINO), else the framework's
     ("map_source"); its interval and the paired ΔmAP interval against the baseline come from the same
     evaluation."""
     info, binfo = v.info, base.info
-    onnx = onnx_backend().name
-    prefix = "onnx_" if backend == onnx and "onnx_map" in info else ""
+    own = map_prefix(backend)
+    prefix = own if backend != FRAMEWORK and own + "map" in info else ""
     acc = (lambda key: info.get(prefix + key)) if accuracy else (lambda key: None)
     mp = acc("map")
     bmp = binfo.get(prefix + "map") if accuracy else None
@@ -30,8 +29,8 @@ def variant_row(name: str, accuracy: bool, backend: str, v: Variant, method: str
             "precision": t["precision"], "method": method, "rate": rate, "variant_id": v.id, "variant": variant,
             "layers_zeroed": len(v.layers), "map": mp, "map_low": acc("map_low"), "map_high": acc("map_high"),
             "map50": acc("map50"),
-            "map_source": ((onnx if prefix else FRAMEWORK) if accuracy else None),
-            "val_images": (info.get("onnx_val_images" if prefix else "val_images")) if accuracy else None,
+            "map_source": ((backend if prefix else FRAMEWORK) if accuracy else None),
+            "val_images": info.get(prefix + "val_images") if accuracy else None,
             "dmap": None if v.is_baseline else acc("dmap"),
             "dmap_low": None if v.is_baseline else acc("dmap_low"),
             "dmap_high": None if v.is_baseline else acc("dmap_high"),

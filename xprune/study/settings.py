@@ -29,13 +29,23 @@ from xprune.runtime.registry import export_backends, onnx_backend
 
 Log = Callable[[str], None]  # where a study reports progress
 
-FORMAT = "xprune-study-2"
-READABLE_FORMATS = ("xprune-study-1", FORMAT)  # the report still draws studies from before the intervals
+FORMAT = "xprune-study-3"
+# the report still draws studies from before the intervals (1) and before one peer per runtime (2)
+READABLE_FORMATS = ("xprune-study-1", "xprune-study-2", FORMAT)
 STUDY_FILE = "study.json"
 # The study's slot for the model's own framework: the detector in memory, run by the registry's backend for its
 # framework (PyTorch eager, or jit-compiled XLA for a JAX family). Study files have always called it "torch".
 FRAMEWORK = "torch"
 FIGURE_RATE = 0.05  # the paper's rate: the layers marked in the importance figure (Fig. 2)
+
+
+def map_prefix(source: str) -> str:
+    """The prefix of a variant's mAP fields measured on `source` (the framework or a backend that runs exported
+    files for their mAP): "" for the framework, "onnx_" for the registry's ONNX backend (as studies have always
+    named it), "<backend>_" for the others."""
+    if source == FRAMEWORK:
+        return ""
+    return "onnx_" if source == onnx_backend().name else f"{source}_"
 
 ACCURACY_MODELS = ("yolov8n", "ssdlite320-mbv3", "tinyssd-jax")  # references in the package: accuracy rows
 # references kept in the user's cache once trained here (benchmarks/train_reference.py): accuracy rows where they
@@ -117,12 +127,13 @@ class StudySettings:
     threads: int | None = None  # torch and ONNX Runtime intra-op threads (None: torch's current / all cores)
     aa_control: bool = True  # time the baseline twice per backend (the noise floor of the comparison)
     order_seed: int = 0  # each interleaved round runs its targets in an order drawn from this seed (recorded)
-    onnx_map: bool = True  # mAP through ONNX Runtime of every variant's exported file (accuracy models): the ONNX
-    #                        Runtime table reports what that runtime detects, not the PyTorch figure
+    onnx_map: bool = True  # mAP of every variant's exported file through each timed backend that runs exported
+    #                        files for their mAP (ONNX Runtime, OpenVINO; accuracy models): each backend's table
+    #                        reports what that runtime detects, not the PyTorch figure
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES  # resamples of the val images for every mAP and ΔmAP interval
     confidence: float = CONFIDENCE
     onnx_zeroed: bool = False  # also time the zeroed-only (unfolded) ONNX of every variant
-    peer: bool = True  # Ultralytics' own ONNX export of YOLOv8 models, in the same ONNX Runtime run
+    peer: bool = True  # Ultralytics' own export of YOLO models, in the same run of each backend it has a format for
     trt_fp16: bool = False
     keep_onnx: bool = False  # keep exported ONNX files in OUT/onnx (default: a temporary folder)
     command: str | None = None

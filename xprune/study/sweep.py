@@ -19,10 +19,11 @@ ranking (safe candidate policy: the rates are prefixes of the same greedy select
   `bench/<model>-<backend>.json`. Every row records the thread count and the runner's `describe()`; torch's thread
   count is held at the study's for the whole run (`threads.torch_threads_kept`).
 
-For YOLOv8 models a peer - the same weights exported by Ultralytics' own ONNX exporter (`xprune.study.peer`) - is
-timed in the same run of the registry's ONNX backend and its mAP measured through the shared post-process.
+For YOLO models a peer - the same weights exported by Ultralytics' own exporter (`xprune.study.peer`): ONNX for
+ONNX Runtime, an IR for OpenVINO - is timed in the same run of its backend and its mAP measured there through the
+shared post-process; study.json keeps the first YOLO model's peers by backend ("peers").
 
-The study file (`study.json`, format `xprune-study-2`) is rewritten atomically after every model, with
+The study file (`study.json`, format `xprune-study-3`) is rewritten atomically after every model, with
 `"complete": false` until the last one is done; `xprune.study.report` renders it. With `resume`, a later run keeps
 the models that file already holds from the same study (`xprune.study.resume`) and measures only the others.
 
@@ -97,12 +98,13 @@ def load_model(name: str, data: Path, settings: StudySettings) -> tuple[Detector
 
 def time_variants(name: str, det: Detector, variants: list[Variant], val, data: Path, work: Path, backends: dict,
                   protocol: LatencyProtocol, settings: StudySettings, command: str, log: Log,
-                  intervals: Intervals | None = None) -> tuple[dict, dict, dict, dict, dict | None]:
-    """Every available backend in turn, each an interleaved run written to OUT/bench/<model>-<backend>.json; the
-    peer joins the ONNX Runtime run. Returns the rows by variant id per backend, the A/A controls, the bench
-    files, the timing order of each run and the peer record. The peer joins the run of the registry's ONNX
-    backend."""
+                  intervals: Intervals | None = None) -> tuple[dict, dict, dict, dict, dict]:
+    """Every available backend in turn, each an interleaved run written to OUT/bench/<model>-<backend>.json; for a
+    YOLO model, Ultralytics' own export joins the run of every backend it writes a file for (the peer). Returns the
+    rows by variant id per backend, the A/A controls, the bench files, the timing order of each run and the peer
+    records by backend."""
     from xprune.bench.results import write_results
+    from xprune.runtime.registry import backend_named
     from xprune.study.peer import export_peer, is_yolo, peer_results
 
     out = Path(settings.out)
@@ -110,8 +112,7 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
     controls: dict[str, dict] = {}
     bench_files: dict[str, str] = {}
     orders: dict[str, dict] = {}
-    peer = None
-    peer_backend = onnx_backend().name
+    peers: dict[str, dict] = {}
     threads = torch.get_num_threads()  # the study's count, held since run_study started
     for backend in settings.backends:
         if not backends[backend]["available"]:
@@ -120,8 +121,9 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
             log(f"[{name}] warning: torch threads changed to {torch.get_num_threads()}; set back to {threads}")
             torch.set_num_threads(threads)
         peer_record, peer_target = None, None
-        if backend == peer_backend and settings.peer and is_yolo(det):
-            peer_record, peer_target = export_peer(det, work, data, settings, log)
+        runtime = backend_named(backend) if backend != FRAMEWORK else None
+        if runtime is not None and runtime.ultralytics_format and settings.peer and is_yolo(det):
+            peer_record, peer_target = export_peer(det, runtime, work, data, settings, log)
         extra = [peer_target] if peer_target is not None else []
         log(f"[{name}] timing on {backend}: {len(variants) + len(extra) + int(settings.aa_control)} "
             f"targets interleaved")
@@ -135,9 +137,10 @@ def time_variants(name: str, det: Detector, variants: list[Variant], val, data: 
         if control is not None:
             controls[backend] = control
         if peer_record is not None:
-            peer = peer_record if peer_target is None else peer_results(
-                peer_record, peer_target.path, by_id, variants, val, det, settings, log, intervals)
-    return timings, controls, bench_files, orders, peer
+            assert runtime is not None
+            peers[backend] = peer_record if peer_target is None else peer_results(
+                peer_record, runtime, peer_target.path, by_id, variants, val, det, settings, log, intervals)
+    return timings, controls, bench_files, orders, peers
 
 
 def weights_sha(name: str, settings: StudySettings, refs: dict[str, dict]) -> str | None:
@@ -149,8 +152,9 @@ def weights_sha(name: str, settings: StudySettings, refs: dict[str, dict]) -> st
 
 
 def run_model(name: str, data: Path, work: Path, backends: dict, settings: StudySettings, command: str,
-              log: Log) -> tuple[dict, list[dict], dict | None]:
-    """One model through the whole pipeline; returns its study.json entry, its rows and its peer record."""
+              log: Log) -> tuple[dict, list[dict], dict]:
+    """One model through the whole pipeline; returns its study.json entry, its rows and its peer records by
+    backend."""
     from xprune.data.coco import CocoDetectionSet, calibration_set
 
     t_model = time.perf_counter()
@@ -178,7 +182,7 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
     intervals = Intervals(settings.bootstrap_resamples, settings.confidence) if val is not None else None
     if intervals is not None:
         add_intervals(name, variants, intervals, log)
-    timings, controls, bench_files, orders, peer = time_variants(name, det, variants, val, data, work, backends,
+    timings, controls, bench_files, orders, peers = time_variants(name, det, variants, val, data, work, backends,
                                                                  protocol, settings, command, log, intervals)
     rows = model_rows(name, accuracy, variants, timings, settings, orders)
     levels = head_levels(name, det, val, log)
@@ -197,7 +201,7 @@ def run_model(name: str, data: Path, work: Path, backends: dict, settings: Study
                  "head_levels": levels,
                  "controls": controls, "bench_files": bench_files, "timing_order": orders,
                  "seconds": round(time.perf_counter() - t_model, 1)}
-    return model_doc, rows, peer
+    return model_doc, rows, peers
 
 
 def head_levels(name: str, det: Detector, val, log: Log) -> dict | None:
@@ -255,7 +259,7 @@ def _run_study(settings: StudySettings, log: Log) -> Path:
         "format": FORMAT, "complete": False, "command": command, "environment": environment(),
         "settings": settings.describe(), "dataset": display_path(data), "dataset_stats": dataset_block(data, settings),
         "threads": {FRAMEWORK: torch.get_num_threads(), onnx_backend().name: settings.threads or os.cpu_count()},
-        "backends": backends, **engine_summaries(backends), "models": [], "rows": [], "peer": None}
+        "backends": backends, **engine_summaries(backends), "models": [], "rows": [], "peers": {}}
     path = out / STUDY_FILE
     kept = {}
     if settings.resume:
@@ -275,16 +279,16 @@ def _run_study(settings: StudySettings, log: Log) -> Path:
     with tempfile.TemporaryDirectory(prefix="xprune-study-") as tmp:
         for i, name in enumerate(settings.models, 1):
             if name in kept:
-                model_doc, rows, peer = kept[name]
+                model_doc, rows, peers = kept[name]
             else:
                 work = (out / "onnx") if settings.keep_onnx else Path(tmp) / name
                 work.mkdir(parents=True, exist_ok=True)
                 log(f"model {i}/{len(settings.models)}: {name}")
-                model_doc, rows, peer = run_model(name, data, work, backends, settings, command, log)
+                model_doc, rows, peers = run_model(name, data, work, backends, settings, command, log)
             doc["models"].append(model_doc)
             doc["rows"] += rows
-            if peer is not None and doc["peer"] is None:
-                doc["peer"] = peer
+            for backend, peer in peers.items():  # the first YOLO model's
+                doc["peers"].setdefault(backend, peer)
             doc["seconds"] = round(earlier + time.perf_counter() - t0, 1)
             write_json(path, doc)
             if name not in kept:

@@ -109,7 +109,7 @@ def test_peer_export_leaves_torch_threads_as_it_found_them(tmp_path):
     from ultralytics.utils.torch_utils import select_device
 
     from xprune.models import build_detector
-    from xprune.study.peer import export_ultralytics_onnx
+    from xprune.study.peer import export_ultralytics
 
     before = torch.get_num_threads()
     mine = NUM_THREADS + 1  # any count Ultralytics would not choose
@@ -120,7 +120,7 @@ def test_peer_export_leaves_torch_threads_as_it_found_them(tmp_path):
         assert torch.get_num_threads() == NUM_THREADS, "the premise: Ultralytics changes torch's thread count"
         torch.set_num_threads(mine)
         det = build_detector("yolov8n", "none", num_classes=2, input_size=64)
-        info = export_ultralytics_onnx(det, tmp_path / "peer.onnx")
+        info = export_ultralytics(det, tmp_path / "peer.onnx")
         assert (tmp_path / "peer.onnx").is_file() and info["exporter"] == "ultralytics"
         assert torch.get_num_threads() == mine
     finally:

@@ -32,7 +32,7 @@ def study(tmp_path_factory, synth_data):
     settings = StudySettings(out=out, models=["yolov8n"], criteria=("l1", "attr"), rates=(0.02, 0.05),
                              data=synth_data, calib_images=4, batch_size=4, use_reference=False,
                              speed_input_size=64, latency=TINY, progress=False, command="pytest tiny study",
-                             backends=("torch", "onnxruntime", "tensorrt"))
+                             backends=("torch", "onnxruntime", "openvino", "tensorrt"))
     lines: list[str] = []
     path = run_study(settings, log=lines.append)
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -78,11 +78,12 @@ def test_study_writes_json_bench_docs_report_and_figures(study):
         bench = read_results(out / rel)
         assert bench["protocol"]["interleaved"]
         assert all(len(r["samples_ms"]) >= 3 for r in bench["rows"])
-    assert set(doc["models"][0]["bench_files"]) == {"torch", "onnxruntime"}
+    ran = ("torch", "onnxruntime", "openvino")
+    assert set(doc["models"][0]["bench_files"]) == set(ran)
     # one row per (backend, method, rate), baselines included
     keys = {(r["backend"], r["method"], r["rate"]) for r in doc["rows"]}
-    assert keys == {(b, m, r) for b in ("torch", "onnxruntime") for m in ("l1", "attr") for r in (0.02, 0.05)} | {
-        ("torch", "baseline", 0.0), ("onnxruntime", "baseline", 0.0)}
+    assert keys == {(b, m, r) for b in ran for m in ("l1", "attr") for r in (0.02, 0.05)} | {
+        (b, "baseline", 0.0) for b in ran}
     for name in ("report.md", "importance-yolov8n.png", "rate-sweep-fps.png", "object-sizes.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "scores" / "yolov8n-attr.json").is_file()
@@ -164,14 +165,16 @@ def test_report_numbers_are_the_json_numbers(study):
             assert _num(cells[14]) == pytest.approx(r["macs"] / 1e9, abs=5e-4)
             assert _num(cells[15]) == pytest.approx(r["effective_macs"] / 1e9, abs=5e-4)
             assert int(cells[16]) == r["threads"]
-    # the peer section is there, from the same ONNX Runtime run
-    peer = doc["peer"]
-    assert peer["available"] and peer["export"]["exporter"] == "ultralytics"
-    assert peer["decoded_max_rel_error_vs_torch"] < 1e-4
-    assert f"{peer['fps']:.2f} FPS" in md
-    bench = read_results(path.parent / doc["models"][0]["bench_files"]["onnxruntime"])
-    assert any(r.get("variant") == "peer-ultralytics" for r in bench["rows"])
-    assert len(_table_rows(md, "Peer")) == len(peer["comparisons"]) == 4
+    # a peer section per runtime Ultralytics exports for, each from the same run as xprune's variants there
+    assert set(doc["peers"]) == {"onnxruntime", "openvino"}
+    for backend, title, fmt in (("onnxruntime", "ONNX Runtime", "onnx"), ("openvino", "OpenVINO", "openvino")):
+        peer = doc["peers"][backend]
+        assert peer["available"] and peer["export"]["exporter"] == "ultralytics" and peer["export"]["format"] == fmt
+        assert peer["decoded_max_rel_error_vs_torch"] < 1e-4
+        assert f"{peer['fps']:.2f} FPS" in md
+        bench = read_results(path.parent / doc["models"][0]["bench_files"][backend])
+        assert any(r.get("variant") == "peer-ultralytics" for r in bench["rows"])
+        assert len(_table_rows(md, f"Peer on {title}")) == len(peer["comparisons"]) == 4
 
 
 @pytest.mark.slow
