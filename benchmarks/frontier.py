@@ -8,6 +8,9 @@ val after each epoch of --evaluate-at; the control is the unpruned start through
     python benchmarks/frontier.py time               # latency of the finished points: on a quiet machine only
     python benchmarks/frontier.py summarize          # frontier.json, .md and .png from the files
 
+`train --ray` runs the points as Ray Tune trials (extra `ray`; docs/scale-out.md): a local Ray by default,
+--ray-address for a cluster, --cpus-per-trial each; the same files come out.
+
 `all` runs the three in turn. The default grid is the first slice of the full one (SSDlite320 and YOLOv8n beyond
 its silent level, attr and taylor, 10/20/30 %); --models, --criteria and --targets widen it. --quick is a tiny
 configuration for CI (random weights, 128 px, minutes). Fine-tuning states live under --work (not in git), so a run
@@ -76,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs", type=int, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--resamples", type=int)
+    ray = ap.add_argument_group("Ray Tune (train phase)")
+    ray.add_argument("--ray", action="store_true", help="run the points as Ray Tune trials")
+    ray.add_argument("--ray-address", help="a running Ray cluster (default: a local Ray for this run)")
+    ray.add_argument("--cpus-per-trial", type=int, default=2, help="CPUs (and torch threads) per trial")
+    ray.add_argument("--max-failures", type=int, default=2, help="restarts of a failed trial from its checkpoint")
+    ray.add_argument("--ray-storage", help="where Tune keeps its experiments (default: WORK/ray)")
     return ap
 
 
@@ -103,7 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             torch.set_num_threads(s.threads)
         if args.phase in ("train", "all"):
-            run.train(s, data, out, work, args.resume, log)
+            if args.ray or args.ray_address:
+                from xprune.frontier.tune import RayOptions
+                opts = RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+                                  max_failures=args.max_failures,
+                                  storage=Path(args.ray_storage) if args.ray_storage else None).check()
+                run.train_on_ray(s, data, out, work, args.resume, opts, log)
+            else:
+                run.train(s, data, out, work, args.resume, log)
         if args.phase in ("time", "all"):
             run.time_models(s, data, out, work, log)
         path = run.summarize(s, data, out, command)

@@ -84,8 +84,12 @@ def early_stop(doc: dict, evaluation: dict, control: dict | None, s: FrontierSet
 
 
 def run_point(start: ModelStart, criterion: str | None, target: float | None, s: FrontierSettings, out: Path,
-              work: Path, resume: bool, log: Log) -> dict:
-    """Measure one point (or finish it, with `resume`); returns its document."""
+              work: Path, resume: bool, log: Log, stop_early: bool = True,
+              saved: Callable[[dict, Path | None], None] | None = None) -> dict:
+    """Measure one point (or finish it, with `resume`); returns its document. Without `stop_early` the point never
+    stops itself: a Ray Tune scheduler applies the same rule (`xprune.frontier.tune`). `saved` is told the
+    document and the state file each time the two on disk agree (after the zeroed evaluation, after every epoch,
+    at the end): a copy of both is a checkpoint."""
     from xprune.evaluate.coco_map import evaluate_map
     from xprune.prune.finetune import FinetuneSettings, finetune_layers
     from xprune.prune.mac_target import plan_for_target
@@ -129,7 +133,8 @@ def run_point(start: ModelStart, criterion: str | None, target: float | None, s:
         det = peer_rebuilt(start, doc, s.seed)
     layers = doc["layers"]
     det.zero_layers(layers)
-    control = read_point(point_path(out, start.name, CONTROL)) if criterion is not None else None
+    control = read_point(point_path(out, start.name, CONTROL)) if criterion is not None and stop_early else None
+    state = state_path(work, start.name, pid)
 
     def evaluate(epoch: int) -> dict:
         t0 = time.perf_counter()
@@ -151,25 +156,45 @@ def run_point(start: ModelStart, criterion: str | None, target: float | None, s:
         write_json(path, doc)
         return stop is not None
 
+    def checkpoint(epoch: int = 0) -> None:
+        if saved is not None:
+            saved(doc, state if state.exists() else None)
+
     if 0 in s.evaluate_at and not any(e["epoch"] == 0 for e in doc["evaluations"]):
         evaluate(0)
     write_json(path, doc)
+    checkpoint()
     if s.epochs:
         ft = FinetuneSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
                               distill=s.distill).for_detector(det)
         doc.setdefault("finetune", {"settings": asdict(ft), "images": len(start.train), "history": []})
-        state = state_path(work, start.name, pid)
         state.parent.mkdir(parents=True, exist_ok=True)
         log(f"{tag}: recovery, {s.epochs} epochs on {len(start.train)} train images "
             f"({len(layers)} layers held at zero)")
         history = finetune_layers(det, start.train, layers, ft, state, log=lambda line: log(f"{tag}: {line}"),
-                                  inputs={"point": me}, teacher=start.detector, after_epoch=after_epoch)
+                                  inputs={"point": me}, teacher=start.detector, after_epoch=after_epoch,
+                                  epoch_saved=checkpoint)
         doc["finetune"]["history"] = history
+    finish(doc)
+    write_json(path, doc)
+    checkpoint()
+    return doc
+
+
+def finish(doc: dict, stopped: dict | None = None) -> dict:
+    """Close a point's document: its fine-tuning totals, its status and when it finished. `stopped`: the record of
+    an early stop decided outside the point (a Ray Tune scheduler), written as the point itself would have."""
+    if stopped is not None:
+        doc["stopped"] = stopped
+        history = doc.get("finetune", {}).get("history") or []
+        if history:
+            history[-1]["stopped"] = True
+    if doc.get("finetune"):
+        history = doc["finetune"]["history"]
         doc["finetune"]["cpu_seconds"] = sum(h.get("cpu_seconds", 0.0) for h in history)
         doc["finetune"]["seconds"] = sum(h["seconds"] for h in history)
     doc["status"] = "stopped" if doc.get("stopped") else "done"
     doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_json(path, doc)
     return doc
 
 

@@ -66,6 +66,17 @@ def train(s: FrontierSettings, data: Path, out: Path, work: Path, resume: bool, 
             resume = True  # the points this run finished are this run's
 
 
+def train_on_ray(s: FrontierSettings, data: Path, out: Path, work: Path, resume: bool, opts, log: Log) -> None:
+    """The train phase as Ray Tune trials (`xprune.frontier.tune`): the same point files, the same early stop."""
+    from xprune.frontier.tune import train_with_ray
+
+    left = pending(s, out)
+    log(f"frontier: {len(grid(s)) - len(left)} of {len(grid(s))} points finished under {display_path(out)}")
+    t0 = time.time()
+    train_with_ray(s, left, data, out, work, resume, opts, log)
+    log(f"frontier: {len(left)} points through Ray in {(time.time() - t0) / 60:.1f} min")
+
+
 def time_models(s: FrontierSettings, data: Path, out: Path, work: Path, log: Log) -> None:
     for model in s.models:
         start = prepare(model, s, data, log)

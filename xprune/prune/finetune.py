@@ -172,12 +172,13 @@ def stamp_inputs(layers: list[str], inputs: Mapping[str, Any] | None, settings: 
 def finetune_layers(detector: Detector, train: CocoDetectionSet, layers: list[str], settings: FinetuneSettings,
                     state_path: str | Path, log: Log = print, progress: bool = False,
                     inputs: Mapping[str, Any] | None = None, teacher: Detector | None = None,
-                    after_epoch: Callable[[dict], bool] | None = None) -> list[dict]:
+                    after_epoch: Callable[[dict], bool] | None = None,
+                    epoch_saved: Callable[[int], None] | None = None) -> list[dict]:
     """Fine-tune `detector` in place with `layers` held at zero, distilled from `teacher` (the unpruned model) when
     given and `settings.distill`; returns the per-epoch records (with the task and distillation losses apart when
     distilling). The estimated time per epoch is logged first. The state file (written every epoch, stamped with
     the settings, the layers, the teacher and the caller's `inputs`) resumes an interrupted run; the caller
-    releases it when its output is written. `after_epoch` (PyTorch only): see `train_detector`."""
+    releases it when its output is written. `after_epoch` and `epoch_saved` (PyTorch only): see `train_detector`."""
     from tqdm import tqdm
 
     require_trainable(detector)
@@ -197,7 +198,7 @@ def finetune_layers(detector: Detector, train: CocoDetectionSet, layers: list[st
     log_line(f"fine-tuning at lr {settings.lr:g} ({settings.schedule}); {note}")
     try:
         if detector.framework == "jax":
-            if after_epoch is not None:
+            if after_epoch is not None or epoch_saved is not None:
                 raise XpruneError("per-epoch callbacks are not offered by the JAX fine-tuning loop")
             from xprune.train.jax_finetune import finetune_jax_layers
             history = finetune_jax_layers(detector, train, layers, settings.train_settings(),  # type: ignore[arg-type]
@@ -212,7 +213,7 @@ def finetune_layers(detector: Detector, train: CocoDetectionSet, layers: list[st
 
                 history = train_detector(detector, train, settings.train_settings(), state_path, log=log_line,
                                          after_step=after_step, inputs=stamp, distiller=distiller, estimate=True,
-                                         after_epoch=after_epoch)
+                                         after_epoch=after_epoch, epoch_saved=epoch_saved)
     finally:
         bar.close()
     moved = nonzero_layers(detector, layers)

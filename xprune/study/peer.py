@@ -165,7 +165,7 @@ def _openvino_facts(path: Path) -> dict:
 
     model = ov.Core().read_model(str(path))
     consts = [op for op in model.get_ops() if op.get_type_name() == "Constant"]
-    weight_types = sorted({str(op.get_output_element_type(0)) for op in consts
+    weight_types = sorted({op.get_output_element_type(0).get_type_name() for op in consts
                            if op.get_output_element_type(0).is_real()})
     return {"openvino": ov.get_version().split("-")[0], "dynamic": bool(get_cfg().dynamic),
             "quantize": getattr(get_cfg(), "quantize", None),

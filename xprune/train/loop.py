@@ -114,13 +114,15 @@ def step_loss(det: Detector, x: torch.Tensor, targets: list[dict], precision: st
 def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettings, state_path: str | Path,
                    log: Log = print, after_step: Callable[[], None] | None = None,
                    inputs: Mapping[str, Any] | None = None, distiller: Distiller | None = None,
-                   estimate: bool = False, after_epoch: Callable[[dict], bool] | None = None) -> list[dict]:
+                   estimate: bool = False, after_epoch: Callable[[dict], bool] | None = None,
+                   epoch_saved: Callable[[int], None] | None = None) -> list[dict]:
     """Train `det` in place; return one record per epoch (loss, wall and process CPU seconds; with a `distiller`,
     also the family's loss `task_loss` and the unweighted distillation term `distill_loss`, both means over the
     epoch's steps). `after_step` runs after every optimizer step (fine-tuning uses it to keep pruned weights at
     zero). `after_epoch` sees each finished epoch's record before its state is written (an evaluation there is
     redone with the epoch when a run stops in between); when it returns True, training ends after that epoch
-    (the record says `stopped`) and a resume starts no further epoch. `estimate`
+    (the record says `stopped`) and a resume starts no further epoch. `epoch_saved` is told each epoch once its
+    state file is written: a copy of that file is then a checkpoint (a Ray Tune trial reports one). `estimate`
     times a few steps first and logs the estimated time per epoch. The state file holds model, optimizer, schedule
     and random state after each finished epoch; when it exists and its stamp (`training_stamp`, with the caller's
     `inputs`) names the same inputs, training continues from it; another run's state is refused in one line. The
@@ -185,6 +187,8 @@ def train_detector(det: Detector, train: CocoDetectionSet, settings: TrainSettin
         _save_state(state_path, model=det.model.state_dict(), optimizer=opt.state_dict(),
                     schedule=sched.state_dict(), generator=generator.get_state(), torch_rng=torch.get_rng_state(),
                     history=history)
+        if epoch_saved is not None:
+            epoch_saved(epoch + 1)
         log(epoch_line(record, settings.epochs))
         if stop:
             log(f"stopped after epoch {epoch + 1}/{settings.epochs}")
