@@ -206,7 +206,7 @@ def train_with_ray(s: FrontierSettings, todo: list[tuple[str, str | None, float 
         controls = {m: read_point(point_path(out, m, CONTROL)) for m in s.models}
         configs = [config_of(s, m, c, t, data, out, opts) for m, c, t in points]
         trainable = tune.with_resources(point_trial, {"cpu": opts.cpus_per_trial})
-        where = storage / f"{opts.name}-{stage}"
+        where = storage / experiment_name(opts.name, stage, s)
         if tune.Tuner.can_restore(str(where)):
             if not resume:
                 raise XpruneError(f"{display_path(where)} holds an earlier Ray run: pass --resume to continue it, "
@@ -236,6 +236,15 @@ def train_with_ray(s: FrontierSettings, todo: list[tuple[str, str | None, float 
                 failed.append(f"{name}: {_first_line(result.error)} (its file says {doc['status']})")
     if failed:
         raise XpruneError(f"{len(failed)} trial(s) failed ({'; '.join(failed)}); rerun with --resume to continue")
+
+
+def experiment_name(name: str, stage: str, s: FrontierSettings) -> str:
+    """One experiment per stage of one grid ("frontier-points-1a2b3c4d"): a rerun of the same command continues it,
+    another grid (other models, criteria, targets or recipe) gets its own."""
+    from xprune.resume import json_sha256
+
+    grid = {"models": s.models, "criteria": s.criteria, "targets": s.targets, "recipe": s.recipe()}
+    return f"{name}-{stage}-{json_sha256(grid)[:8]}"
 
 
 def config_of(s: FrontierSettings, model: str, criterion: str | None, target: float | None, data: Path, out: Path,
