@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xprune.errors import XpruneError  # noqa: E402
+from xprune.ray_trials import add_ray_options, ray_options  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "frontier"
 WORK = Path.home() / ".cache" / "xprune" / "frontier"
@@ -79,12 +80,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs", type=int, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--resamples", type=int)
-    ray = ap.add_argument_group("Ray Tune (train phase)")
-    ray.add_argument("--ray", action="store_true", help="run the points as Ray Tune trials")
-    ray.add_argument("--ray-address", help="a running Ray cluster (default: a local Ray for this run)")
-    ray.add_argument("--cpus-per-trial", type=int, default=2, help="CPUs (and torch threads) per trial")
-    ray.add_argument("--max-failures", type=int, default=2, help="restarts of a failed trial from its checkpoint")
-    ray.add_argument("--ray-storage", help="where Tune keeps its experiments (default: WORK/ray)")
+    add_ray_options(ap, "points of the train phase")
     return ap
 
 
@@ -112,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             torch.set_num_threads(s.threads)
         if args.phase in ("train", "all"):
-            if args.ray or args.ray_address:
-                from xprune.frontier.tune import RayOptions
-                opts = RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
-                                  max_failures=args.max_failures,
-                                  storage=Path(args.ray_storage) if args.ray_storage else None).check()
+            opts = ray_options(args, "frontier")
+            if opts is not None:
                 run.train_on_ray(s, data, out, work, args.resume, opts, log)
             else:
                 run.train(s, data, out, work, args.resume, log)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from xprune.errors import XpruneError
 from xprune.files import display_path, read_json, write_json
+from xprune.ray_trials import RayOptions, first_error_line, ray_tune, start_ray
 from xprune.frontier.point import (early_stop, finish, identity, point_path, read_point, run_point,
                                    state_path)
 from xprune.frontier.settings import CONTROL, FrontierSettings, point_id
@@ -39,32 +39,8 @@ except ImportError:
 
 Log = Callable[[str], None]
 
-NOT_INSTALLED = 'Ray Tune is not installed; pip install "xprune[ray]"'
 # a checkpoint's files: the point's document, its fine-tuning state and the state's record of its inputs
 POINT_FILE, STATE_FILE, STAMP_FILE = "point.json", "state.pt", "state.json"
-
-
-def ray_tune():
-    """`ray.tune`, or one line naming the extra."""
-    try:
-        from ray import tune
-    except ImportError:
-        raise XpruneError(NOT_INSTALLED) from None
-    return tune
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str | None = None  # a running cluster ("auto", "ray://host:10001"); None: a local Ray for this run
-    cpus_per_trial: int = 2  # also the trial's torch threads: a point's mAPs depend on the thread count
-    max_failures: int = 2  # restarts of a trial from its last checkpoint
-    storage: Path | None = None  # Tune's experiments (trials, checkpoints); None: <work>/ray
-    name: str = "frontier"
-
-    def check(self) -> RayOptions:
-        if self.cpus_per_trial < 1 or self.max_failures < 0:
-            raise XpruneError("--cpus-per-trial must be >= 1 and --max-failures >= 0")
-        return self
 
 
 # --- the trial ------------------------------------------------------------------------------------------------------
@@ -190,14 +166,9 @@ def train_with_ray(s: FrontierSettings, todo: list[tuple[str, str | None, float 
     """Run the points `todo` as Tune trials, the controls first; write every finished point's files under `out`
     and `work`. One line and XpruneError when a trial failed for good."""
     tune = ray_tune()
-    import ray
-
-    opts.check()
+    start_ray(opts, log)
     storage = (opts.storage or work / "ray").resolve()
-    if not ray.is_initialized():
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=True)
-    log(f"frontier on Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {opts.cpus_per_trial} per trial; "
-        f"experiments under {display_path(storage)}")
+    log(f"frontier on Ray: experiments under {display_path(storage)}")
     failed: list[str] = []
     for stage, points in (("controls", [p for p in todo if p[1] is None]),
                           ("points", [p for p in todo if p[1] is not None])):
@@ -229,11 +200,11 @@ def train_with_ray(s: FrontierSettings, todo: list[tuple[str, str | None, float 
             config = result.config["point"] if "point" in result.config else result.config
             name = f"{config['model']}/{point_id(config['criterion'], config['target'])}"
             if result.checkpoint is None:
-                failed.append(f"{name}: {_first_line(result.error)}")
+                failed.append(f"{name}: {first_error_line(result.error)}")
                 continue
             doc = settle(result.checkpoint, result.metrics or {}, result.error, config, s, controls, out, work)
             if result.error:
-                failed.append(f"{name}: {_first_line(result.error)} (its file says {doc['status']})")
+                failed.append(f"{name}: {first_error_line(result.error)} (its file says {doc['status']})")
     if failed:
         raise XpruneError(f"{len(failed)} trial(s) failed ({'; '.join(failed)}); rerun with --resume to continue")
 
@@ -272,11 +243,3 @@ def settle(checkpoint, metrics: dict, error: BaseException | None, config: dict,
         finish(doc, stop)
     write_json(point_path(out, model, pid), doc)
     return doc
-
-
-def _first_line(error: BaseException | None) -> str:
-    if error is None:
-        return ""
-    text = str(error).strip().splitlines()
-    return next((line for line in reversed(text) if "Error" in line), text[-1] if text else type(error).__name__)
-

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xprune.errors import XpruneError
+from xprune.ray_trials import add_ray_options, ray_options
 from xprune.study.settings import (ACCURACY_MODELS, BOOTSTRAP_RESAMPLES, CALIB_IMAGES, CRITERIA, FRAMEWORK,
                                    LARGE_MODELS, LATENCY, MIN_VAL_IMAGES, QUICK_IMAGES, QUICK_RATES, RATES,
                                    SPEED_INPUT_SIZE, SPEED_LATENCY, SPEED_MODELS, SPEED_RATES, STUDY_FILE, Log,
@@ -65,6 +66,7 @@ def add_study_arguments(ap: argparse.ArgumentParser, out_default: str, data_defa
                     help="keep the models OUT/study.json already measured with the same settings, dataset, weights "
                          "and machine, and measure only the others (a long study can stop and go on)")
     ap.add_argument("--render-only", action="store_true", help="only redraw report.md and the figures")
+    add_ray_options(ap, "models' measuring (timing stays here, afterwards)")
     ap.add_argument("--study", default=None,
                     help="with --render-only: the study.json to render into OUT (default: OUT/study.json)")
 
@@ -159,5 +161,5 @@ def run_and_report(args: argparse.Namespace, log: Log = print,
             from xprune.study.sweep import study_dataset
             train_missing(list(settings.models), study_dataset(settings), log)
             settings = settings_from_args(args, log)  # the new references give accuracy rows
-        study = run_study(settings, log=log)
+        study = run_study(settings, log=log, ray=ray_options(args, "study"))
     return study, write_report(study, out)

@@ -80,7 +80,8 @@ def test_the_scheduler_rule_is_the_points_own_and_a_stopped_point_is_closed_as_i
 def test_without_ray_the_ray_options_say_how_to_install(monkeypatch, tmp_path):
     import sys
 
-    from xprune.frontier.tune import NOT_INSTALLED, train_with_ray, RayOptions
+    from xprune.frontier.tune import train_with_ray
+    from xprune.ray_trials import NOT_INSTALLED, RayOptions
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(XpruneError, match="xprune\\[ray\\]") as e:
@@ -125,7 +126,7 @@ def local_ray():
 @needs_ray
 @pytest.mark.slow
 def test_the_scheduler_stops_a_point_as_the_run_without_ray_stops_it(synth_data, tmp_path, local_ray):
-    from xprune.frontier.tune import RayOptions
+    from xprune.ray_trials import RayOptions
 
     # every pruned point is hopeless by this rule (the floor is above any mAP), so both runs stop it after epoch 1
     s = SETTINGS.replace(criteria=("l1",), epochs=3, evaluate_at=(0, 1, 3), stop_after=1, hopeless=-1.0)
@@ -144,7 +145,8 @@ def test_the_scheduler_stops_a_point_as_the_run_without_ray_stops_it(synth_data,
 @needs_ray
 @pytest.mark.slow
 def test_a_trial_killed_mid_run_resumes_to_the_results_of_a_run_without_ray(synth_data, tmp_path, local_ray):
-    from xprune.frontier.tune import RayOptions, train_with_ray
+    from xprune.frontier.tune import train_with_ray
+    from xprune.ray_trials import RayOptions
 
     train_plain(SETTINGS, synth_data, tmp_path / "plain", tmp_path / "work-plain")
 

@@ -60,7 +60,7 @@ def test_scores_below_1e9_of_the_median_count_as_zero():
 def test_report_counts_yolov8n_near_zero_attr_scores_over_a_stale_record():
     study = load_study(RESULTS / "study")
     yolo = next(m for m in study["models"] if m["model"] == "yolov8n")
-    assert yolo["zero_scores"]["attr"]["candidates"] == 0  # recorded when only exact zeros counted
+    yolo["zero_scores"]["attr"]["candidates"] = 0  # as studies recorded it when only exact zeros counted
     assert zero_counts(yolo)["attr"]["candidates"] == 2  # model.22.cv2.2.{0,1}.conv at 2e-20 and 3e-20
     md = render(study, {})
     head = md.split("## Models", 1)[1].split("\n", 3)[2]

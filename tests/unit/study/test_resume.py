@@ -30,7 +30,7 @@ def measured(monkeypatch):
         ran.append(name)
         weights = {"sha256": sweep.weights_sha(name, settings, {})}
         rows = [{"model": name, "rate": 0.0, "backend": "torch", "median_ms": 1.0}]
-        return {"model": name, "seconds": 10.0, "weights": weights}, rows, None
+        return {"model": name, "seconds": 10.0, "weights": weights}, rows, {}
 
     fake_run_model.fail = set()
     fake_run_model.ran = ran
