@@ -68,6 +68,11 @@ def model_section(m: dict, epochs: list[int]) -> list[str]:
         lines += ["", "Stopped early: " + "; ".join(f"{pid} after epoch {st['after_epoch']} (mAP {st['map']:.4f}, "
                                                     f"control {st['control_map']:.4f}; {st['epochs_not_run']} "
                                                     f"epochs not run)" for pid, st in m["stopped"].items()) + "."]
+        saved = m.get("early_stop") or {}
+        if saved.get("cpu_seconds_saved_estimate"):
+            lines += ["", f"The early stop saved {saved['epochs_not_run']} epochs of recovery, about "
+                          f"{saved['cpu_seconds_saved_estimate'] / 60:.0f} CPU min at each stopped point's own CPU "
+                          "time per epoch."]
     lines += ["", "| criterion | fastest within 1 point | fastest within 2 points |", "|---|---|---|"]
     lines += [f"| {b['criterion']} | {_best(b['within_1'])} | {_best(b['within_2'])} |" for b in best_points(m)]
     return lines + [""]

@@ -69,8 +69,22 @@ def summarize_model(out: Path, model: str, resamples: int, seed: int = 0) -> dic
             "timing": {"seconds": timing["seconds"], "environment": timing["environment"],
                        "runs": timing["protocol"].get("runs")} if timing else None,
             "stopped": {pid: d["stopped"] for pid, d in docs.items() if d.get("stopped")},
+            "early_stop": early_stop_savings(docs.values()),
             "running": sorted(pid for pid, d in docs.items() if d["status"] == "running"),
             "rows": rows}
+
+
+def early_stop_savings(docs) -> dict:
+    """What the early stop saved: the points it stopped, the epochs they did not run, and the CPU time those would
+    have taken at each point's own CPU time per epoch run (an estimate; the epochs were not run)."""
+    stopped = [d for d in docs if d.get("stopped")]
+    seconds = 0.0
+    for d in stopped:
+        history = (d.get("finetune") or {}).get("history") or []
+        if history and all("cpu_seconds" in h for h in history):
+            seconds += d["stopped"]["epochs_not_run"] * sum(h["cpu_seconds"] for h in history) / len(history)
+    return {"points": len(stopped), "epochs_not_run": sum(d["stopped"]["epochs_not_run"] for d in stopped),
+            "cpu_seconds_saved_estimate": seconds}
 
 
 def within(rows: list[dict], points: float) -> dict | None:

@@ -88,6 +88,8 @@ def test_the_summary_pairs_each_point_with_the_control_at_its_epoch(tmp_path):
     assert rows[("attr-20", 0)]["delta_high"] < 0  # half the boxes found: a loss the interval sees
     assert rows[("attr-20", 2)]["latency"]["median"] == 0.75 and rows[("attr-20", 2)]["finetune_cpu_seconds"] == 120
     assert m["aa_control"]["median"] == 1.01 and list(m["stopped"]) == ["taylor-30"]
+    # the stopped point ran 2 epochs at 60 CPU s each: its 8 epochs not run would have taken 8 min
+    assert m["early_stop"] == {"points": 1, "epochs_not_run": 8, "cpu_seconds_saved_estimate": 480.0}
     best = {b["criterion"]: b for b in summary.best_points(m)}
     assert best["attr"]["within_1"]["epoch"] == 2 and summary.goal_met(best["attr"]["within_1"])
     assert best["taylor"]["within_2"] is None
@@ -99,6 +101,7 @@ def test_the_summary_pairs_each_point_with_the_control_at_its_epoch(tmp_path):
     assert "| attr-20 | 21.0 % | 3 | 0.750 [0.730-0.770] | 1.33x |" in text
     assert "attr-20 after 2 epochs: ratio 0.750 (1.33x), ΔmAP +0.0000 [+0.0000, +0.0000] - meets the 1.3x goal" in text
     assert "taylor-30 after epoch 2" in text and "8 epochs not run" in text
+    assert "The early stop saved 8 epochs of recovery, about 8 CPU min" in text
     render.render_plot(doc, tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
