@@ -100,6 +100,10 @@ def run_study(settings: StudySettings, log: Log = print, ray: RayOptions | None 
     `settings.threads` (or the one found) for the whole run, whatever a library does to it, and is put back
     afterwards. With `ray`, the models are measured as Ray Tune trials first and timed here afterwards."""
     settings.validate()
+    if ray is not None:
+        from xprune.ray_trials import ray_tune
+        ray_tune()  # without the extra: one line, before anything is written
+        ray.check()
     with torch_threads_kept(settings.threads):
         return _run_study(settings, log, ray)
 

@@ -58,3 +58,23 @@ def test_a_study_measured_on_ray_matches_one_measured_here(tmp_path, synth_data)
     # timed here, afterwards: every backend's samples are there
     assert set(doc["models"][0]["bench_files"]) == {"torch", "onnxruntime"}
     assert (tmp_path / "ray" / "scores" / "yolov8n-l1.json").is_file()
+
+
+def test_study_on_ray_without_ray_is_one_line_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from cli_helpers import one_line_error, run_cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code, _, err = run_cli(["study", "--quick", "--out", str(tmp_path / "out"), "--ray"], capsys)
+    assert code == 2 and 'pip install "xprune[ray]"' in one_line_error(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_ray_options_are_one_line(tmp_path, capsys):
+    from cli_helpers import one_line_error, run_cli
+
+    code, _, err = run_cli(["study", "--quick", "--out", str(tmp_path / "out"), "--ray", "--cpus-per-trial", "0"],
+                           capsys)
+    assert code == 2 and "--cpus-per-trial must be >= 1" in one_line_error(err)
+    assert not (tmp_path / "out").exists()
