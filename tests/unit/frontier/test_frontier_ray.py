@@ -20,9 +20,10 @@ from xprune.frontier.settings import FrontierSettings
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="the ray extra is not installed")
 
-# two pruned points, so two trials run side by side on two cores; four epochs, so a kill after the first lands mid-run
+# two pruned points, so two trials run side by side on two cores; eight epochs, so a kill after the first lands
+# mid-run with seven to spare
 SETTINGS = FrontierSettings(models=("yolov8n",), criteria=("l1", "random"), targets=(0.1,), size=64, weights="none",
-                            val_images=4, calib_images=4, train_images=8, epochs=4, evaluate_at=(0, 1, 2, 4),
+                            val_images=4, calib_images=4, train_images=8, epochs=8, evaluate_at=(0, 1, 4, 8),
                             batch_size=2, stop_after=0, runs=3, warmup_runs=1, resamples=50)
 
 
