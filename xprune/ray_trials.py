@@ -33,10 +33,9 @@ class RayOptions:
     storage: Path | None = None  # Tune's experiments (trials, checkpoints); None: the stage's default
     name: str = "frontier"
 
-    def check(self) -> RayOptions:
+    def __post_init__(self) -> None:
         if self.cpus_per_trial < 1 or self.max_failures < 0:
             raise XpruneError("--cpus-per-trial must be >= 1 and --max-failures >= 0")
-        return self
 
     def describe(self) -> dict:
         """What a results file records of how its points ran."""
@@ -51,7 +50,6 @@ def start_ray(opts: RayOptions, log: Callable[[str], None]):
     ray_tune()
     import ray
 
-    opts.check()
     if not ray.is_initialized():
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=True)
     log(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):g} CPUs, {opts.cpus_per_trial} per trial")
@@ -81,4 +79,4 @@ def ray_options(args, name: str) -> RayOptions | None:
     if not (getattr(args, "ray", False) or getattr(args, "ray_address", None)):
         return None
     return RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial, max_failures=args.max_failures,
-                      storage=Path(args.ray_storage) if args.ray_storage else None, name=name).check()
+                      storage=Path(args.ray_storage) if args.ray_storage else None, name=name)

@@ -156,7 +156,7 @@ def run_point(start: ModelStart, criterion: str | None, target: float | None, s:
         write_json(path, doc)
         return stop is not None
 
-    def checkpoint(epoch: int = 0) -> None:
+    def checkpoint(_epoch: int | None = None) -> None:  # also `epoch_saved`, told the epoch it saved
         if saved is not None:
             saved(doc, state if state.exists() else None)
 

@@ -53,20 +53,26 @@ def point_trial(trial_config: dict[str, Any]) -> None:
     tune = ray_tune()
     config = trial_config["point"]
     torch.set_num_threads(config["threads"])
+    model, pid = config["model"], point_id(config["criterion"], config["target"])
+    with tempfile.TemporaryDirectory(prefix="xprune-trial-") as local:
+        out, work = Path(local) / "out", Path(local) / "work"
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                _place(Path(d), point_path(out, model, pid), state_path(work, model, pid))
+        _run_trial(tune, config, out, work)
+
+
+def _run_trial(tune, config: dict[str, Any], out: Path, work: Path) -> None:
+    """`run_point` in the trial's folders (`out`, `work`), telling Tune each time its files agree."""
+    from xprune.frontier.start import prepare
+
     s: FrontierSettings = config["settings"]
     model, criterion, target = config["model"], config["criterion"], config["target"]
     pid = point_id(criterion, target)
-    local = Path(tempfile.mkdtemp(prefix="xprune-trial-"))
-    out, work = local / "out", local / "work"
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            _place(Path(d), point_path(out, model, pid), state_path(work, model, pid))
 
     def log(line: str) -> None:
         print(line, flush=True)
-
-    from xprune.frontier.start import prepare
 
     start = prepare(model, s, Path(config["data"]), log)
     earlier = config.get("identity")
@@ -86,7 +92,6 @@ def point_trial(trial_config: dict[str, Any]) -> None:
             tune.report(result_of(doc), checkpoint=tune.Checkpoint.from_directory(d))
 
     run_point(start, criterion, target, s, out, work, resume=True, log=log, stop_early=False, saved=saved)
-    shutil.rmtree(local, ignore_errors=True)
 
 
 def result_of(doc: dict) -> dict:
@@ -196,15 +201,17 @@ def train_with_ray(s: FrontierSettings, todo: list[tuple[str, str | None, float 
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         log(f"Ray: {len(points)} {stage} as trials")
-        for result in tuner.fit():
-            config = result.config["point"] if "point" in result.config else result.config
+        for result in tuner.fit():  # `Settle` wrote the files of every trial that ended; these are the others
+            config = result.config["point"]
             name = f"{config['model']}/{point_id(config['criterion'], config['target'])}"
-            if result.checkpoint is None:
+            if result.error is not None:
+                if result.checkpoint is not None:  # the state it reached, for --resume with or without Ray
+                    settle(result.checkpoint, result.metrics or {}, result.error, config, s, controls, out, work)
                 failed.append(f"{name}: {first_error_line(result.error)}")
                 continue
-            doc = settle(result.checkpoint, result.metrics or {}, result.error, config, s, controls, out, work)
-            if result.error:
-                failed.append(f"{name}: {first_error_line(result.error)} (its file says {doc['status']})")
+            doc = read_point(point_path(out, config["model"], point_id(config["criterion"], config["target"])))
+            if doc is None or doc["status"] == "running":
+                failed.append(f"{name}: its trial ended without finishing or being stopped")
     if failed:
         raise XpruneError(f"{len(failed)} trial(s) failed ({'; '.join(failed)}); rerun with --resume to continue")
 

@@ -103,7 +103,6 @@ def run_study(settings: StudySettings, log: Log = print, ray: RayOptions | None 
     if ray is not None:
         from xprune.ray_trials import ray_tune
         ray_tune()  # without the extra: one line, before anything is written
-        ray.check()
     with torch_threads_kept(settings.threads):
         return _run_study(settings, log, ray)
 
