@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--no-distill", dest="distill", action="store_const", const=False)
+    ap.add_argument("--trainer", choices=("xprune", "ultralytics"),
+                    help="recovery through the project's own loop (default) or Ultralytics' trainer (YOLO models; "
+                         "with --no-distill)")
     ap.add_argument("--stop-after", type=int, help="the epoch whose evaluation may stop a hopeless point (0: never)")
     ap.add_argument("--runs", type=int, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int)

@@ -164,7 +164,17 @@ def run_point(start: ModelStart, criterion: str | None, target: float | None, s:
         evaluate(0)
     write_json(path, doc)
     checkpoint()
-    if s.epochs:
+    if s.epochs and s.trainer == "ultralytics":
+        from xprune.frontier.yolo_trainer import recover_with_ultralytics, run_folder
+
+        doc.setdefault("finetune", {"settings": {"trainer": "ultralytics"}, "images": len(start.train),
+                                    "history": []})
+        log(f"{tag}: recovery with Ultralytics' trainer, {s.epochs} epochs on {len(start.train)} train images "
+            f"({len(layers)} layers held at zero)")
+        doc["finetune"]["settings"] = recover_with_ultralytics(
+            det, layers, s, start.data, run_folder(work, start.name, pid), len(doc["finetune"]["history"]),
+            after_epoch, lambda line: log(f"{tag}: {line}"))
+    elif s.epochs:
         ft = FinetuneSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
                               distill=s.distill).for_detector(det)
         doc.setdefault("finetune", {"settings": asdict(ft), "images": len(start.train), "history": []})

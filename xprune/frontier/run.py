@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from xprune.errors import XpruneError
 from xprune.files import display_path, write_json, write_with
 from xprune.frontier.point import point_path, read_point, run_point
 from xprune.frontier.settings import FrontierSettings, grid, point_id
@@ -70,6 +71,8 @@ def train_on_ray(s: FrontierSettings, data: Path, out: Path, work: Path, resume:
     """The train phase as Ray Tune trials (`xprune.frontier.tune`): the same point files, the same early stop."""
     from xprune.frontier.tune import train_with_ray
 
+    if s.trainer == "ultralytics":  # a trial's checkpoint carries one state file, not Ultralytics' run folder
+        raise XpruneError("--trainer ultralytics runs without --ray (a Ray trial cannot yet resume its run folder)")
     left = pending(s, out)
     log(f"frontier: {len(grid(s)) - len(left)} of {len(grid(s))} points finished under {display_path(out)}")
     t0 = time.time()

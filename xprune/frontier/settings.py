@@ -55,6 +55,8 @@ class FrontierSettings:
     batch_size: int = 16
     lr: float | None = None  # None: the family's fine-tuning default (`xprune.train.schedule.finetune_lr`)
     distill: bool = True
+    # "xprune": the project's own loop (distilled); "ultralytics": Ultralytics' trainer (YOLO models, not distilled)
+    trainer: str = "xprune"
     # a point whose mAP after `stop_after` epochs is more than `hopeless` below the budget (against the control at
     # that epoch) stops there; 0 never stops
     stop_after: int = 2
@@ -96,13 +98,33 @@ class FrontierSettings:
             raise XpruneError(f"the early stop after epoch {self.stop_after} needs an evaluation there")
         if self.val_images < 1 or self.runs < 1 or self.batch_size < 1:
             raise XpruneError("--val-images, --runs and --batch-size must be >= 1")
+        self._check_trainer()
         return self
+
+    def _check_trainer(self) -> None:
+        from xprune.models.zoo import family, require_ultralytics
+        from xprune.prune.finetune import TRAINERS
+
+        if self.trainer not in TRAINERS:
+            raise XpruneError(f"unknown trainer '{self.trainer}'; choose one of: {', '.join(TRAINERS)}")
+        if self.trainer != "ultralytics":
+            return
+        others = [m for m in self.models if family(MODELS[m].family).require is not require_ultralytics]
+        if others:
+            raise XpruneError(f"Ultralytics' trainer fine-tunes YOLO models only, not {others[0]}")
+        if self.distill:
+            raise XpruneError("Ultralytics' trainer is not distilled here: add --no-distill")
+        if self.train_images is not None:
+            raise XpruneError("Ultralytics' trainer reads the whole train split: leave out --train-images")
 
     def recipe(self) -> dict:
         """What decides a point's recovery: a point file made with another recipe is not resumed."""
         keys = ("size", "val_images", "calib_images", "train_images", "epochs", "evaluate_at", "batch_size", "lr",
                 "distill", "stop_after", "hopeless", "seed", "weights")
-        return {k: getattr(self, k) for k in keys}
+        recipe = {k: getattr(self, k) for k in keys}
+        if self.trainer != "xprune":  # files of the own loop predate the choice and do not name it
+            recipe["trainer"] = self.trainer
+        return recipe
 
     def replace(self, **over) -> FrontierSettings:
         return dataclasses.replace(self, **over)

@@ -26,6 +26,7 @@ class ModelStart:
     val: object
     calib: object
     train: object
+    data: Path  # the dataset the splits come from
     _scores: dict = field(default_factory=dict)
     _fold: object = None
 
@@ -113,7 +114,7 @@ def prepare(name: str, s: FrontierSettings, data: Path, log: Log) -> ModelStart:
     record["start_sha256"] = det.state_sha256()
     # the start's folded export: what the targets are fractions of (measured already when a level was removed)
     record["macs"] = record["removed_level"]["macs_after"] if held else _exported_macs(det)
-    return ModelStart(name, det, held, record, val, calib, train)
+    return ModelStart(name, det, held, record, val, calib, train, Path(data))
 
 
 def _exported_macs(det: Detector) -> int:

@@ -36,6 +36,7 @@ from xprune.resume import Stamp, arrays_sha256, input_identity, plain
 from xprune.train.yolo import ultralytics_data_yaml
 
 Log = Callable[[str], None]
+EpochEnd = Callable[[int, dict], bool]  # (epochs done, the EMA's state in fp32) -> stop here
 RUN = "run"
 # Fine-tuning starts from trained weights: AdamW at the given lr0, a short warm-up with no bias warm-up from 0.1 (a
 # rate for random init), a cosine decay. A recipe's own values replace these; lr0 and epochs are always the caller's.
@@ -73,17 +74,20 @@ def state_digest(model: torch.nn.Module, keys: list[str]) -> str:
 class HoldAtZero:
     """Ultralytics trainer callbacks: `layers` stay exactly zero in the model and in its EMA; a fresh run must start
     from the weights `start` names ((keys, digest) of their state); after every saved epoch the EMA goes to
-    `ema_path` in fp32, marked finished when training ends."""
+    `ema_path` in fp32, marked finished when training ends, and `epoch_end` (if given) is told the epoch and that
+    state: when it answers True, training stops there."""
 
     def __init__(self, layers: list[str], ema_path: str | Path, start: tuple[list[str], str] | None = None,
-                 log: Log = print):
+                 log: Log = print, epoch_end: EpochEnd | None = None):
         self.layers, self.ema_path, self.start, self.log = list(layers), str(ema_path), start, log
+        self.epoch_end = epoch_end
         self._model_weights: list[torch.Tensor] = []
         self._ema: tuple[Any, list[torch.Tensor]] = (None, [])
         self._tick = time.perf_counter()
 
     def __getstate__(self) -> dict:  # pickled into multi-GPU workers before training starts: no tensors
-        return {**self.__dict__, "_model_weights": [], "_ema": (None, [])}
+        # (epoch_end runs where the model is saved, in the first process only)
+        return {**self.__dict__, "_model_weights": [], "_ema": (None, []), "epoch_end": None}
 
     def register(self, trainer) -> None:
         for event in ("on_train_start", "on_train_batch_end", "on_model_save", "on_train_end"):
@@ -115,7 +119,9 @@ class HoldAtZero:
                 w.zero_()
 
     def on_model_save(self, trainer) -> None:
-        self._save_ema(trainer, finished=False)
+        state = self._save_ema(trainer, finished=False)
+        if self.epoch_end is not None and self.epoch_end(trainer.epoch + 1, state):
+            trainer.stop = True  # Ultralytics ends the run after this epoch, as its own early stop does
         now, done = time.perf_counter(), trainer.epoch + 1
         seconds, self._tick = now - self._tick, now
         score = (trainer.metrics or {}).get(MAP_COLUMN)
@@ -126,7 +132,7 @@ class HoldAtZero:
     def on_train_end(self, trainer) -> None:
         self._save_ema(trainer, finished=True)
 
-    def _save_ema(self, trainer, finished: bool) -> None:
+    def _save_ema(self, trainer, finished: bool) -> dict:
         model = _student(trainer.ema.ema)
         moved = nonzero_layers(model, self.layers)
         if moved:  # never hand on a model whose pruned layers came back
@@ -136,6 +142,7 @@ class HoldAtZero:
         with atomic_path(self.ema_path) as tmp:
             torch.save({"epoch": trainer.epoch + 1, "epochs": trainer.epochs, "finished": finished,
                         "state_dict": state}, tmp)
+        return state
 
 
 def read_recipe(recipe: str | Path | Mapping[str, Any] | None) -> dict:
@@ -222,13 +229,13 @@ def finetune_with_ultralytics(weights: str | Path, layers: list[str], data: str 
                               batch: int | None = None, device: str | None = None,
                               recipe: str | Path | Mapping[str, Any] | None = None,
                               work: str | Path | None = None, val_images: int | None = None, evaluate: bool = True,
-                              log: Log = print) -> dict:
+                              log: Log = print, epoch_end: EpochEnd | None = None) -> dict:
     """Fine-tune the pruned YOLO checkpoint `weights` with Ultralytics' trainer on DATA (a data.yaml, or a COCO-format
     folder, converted), `layers` (its plan's) held at zero, and write the xprune checkpoint `out`: the final EMA's
     weights, the checkpoint's meta (its plan) and meta['finetune'] (this record, also returned). lr0 defaults to a
     fraction of the family's reference learning rate; `recipe` (dict or yaml) carries a YOLO user's train
     arguments; device: Ultralytics' ('cpu', '0', '0,1' for multi-GPU; None picks). `evaluate`: xprune's val mAP
-    before and after, on the first `val_images` val images."""
+    before and after, on the first `val_images` val images. `epoch_end`: see `HoldAtZero`."""
     from xprune.data.yolo_format import read_data_yaml, split_images
     from xprune.models import build_detector, save_checkpoint
     from xprune.train.schedule import finetune_lr
@@ -279,7 +286,7 @@ def finetune_with_ultralytics(weights: str | Path, layers: list[str], data: str 
             log(f"resuming from {last}")
             trainer = _trainer({"resume": str(last), "data": str(data_yaml),
                                 **({"device": device} if device is not None else {})})
-            hold = HoldAtZero(layers, ema_path, log=log)
+            hold = HoldAtZero(layers, ema_path, log=log, epoch_end=epoch_end)
         else:
             shutil.rmtree(run, ignore_errors=True)
             ema_path.unlink(missing_ok=True)
@@ -289,7 +296,8 @@ def finetune_with_ultralytics(weights: str | Path, layers: list[str], data: str 
             keys = list(model.state_dict())
             trainer = _trainer({**args, "model": str(start), "data": str(data_yaml), "project": str(work),
                                 "name": RUN, "exist_ok": True, "pretrained": True})
-            hold = HoldAtZero(layers, ema_path, start=(keys, state_digest(model, keys)), log=log)
+            hold = HoldAtZero(layers, ema_path, start=(keys, state_digest(model, keys)), log=log,
+                              epoch_end=epoch_end)
         if trainer.device.type == "cpu" and trainer.batch_size >= 1:
             _estimate(det, data, int(trainer.batch_size), log)
         log(f"fine-tuning {epochs} epochs with Ultralytics' trainer, {len(layers)} layers held at zero, lr0 {lr0:g}")

@@ -162,9 +162,44 @@ def frontier_cli():
     (["--epochs", "4", "--evaluate-at", "0,5"], "evaluation epochs must lie in [0, 4]"),
     (["--stop-after", "3"], "the early stop after epoch 3 needs an evaluation there"),
     (["--data", "/nonexistent/data"], "dataset not found: /nonexistent/data"),
+    (["--trainer", "ultralytics", "--models", "yolov8n"], "not distilled here: add --no-distill"),
+    (["--trainer", "ultralytics", "--no-distill"], "YOLO models only, not ssdlite320-mbv3"),
+    (["--trainer", "ultralytics", "--no-distill", "--models", "yolov8n", "--train-images", "8"],
+     "leave out --train-images"),
 ])
 def test_bad_settings_exit_2_in_one_line_before_anything_runs(frontier_cli, tmp_path, capsys, args, message):
     code = frontier_cli.main(["train", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("frontier: error: ") and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_ultralytics_trainer_refuses_ray_and_names_itself_in_the_recipe_only_when_chosen(frontier_cli, tmp_path,
+                                                                                           capsys, synth_data):
+    code = frontier_cli.main(["train", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), "--data",
+                              str(synth_data), "--trainer", "ultralytics", "--no-distill", "--models", "yolov8n", "--ray"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "runs without --ray" in err[0] and not (tmp_path / "out").exists()
+    assert "trainer" not in FrontierSettings().recipe()  # the own loop's files from before the choice still resume
+    assert FrontierSettings(trainer="ultralytics", distill=False).recipe()["trainer"] == "ultralytics"
+
+
+def test_the_trainers_comparison_pairs_the_same_point_of_two_folders(tmp_path, capsys):
+    trainers = load_benchmark("trainers")
+    gt, anns = world()
+    own, ultra = tmp_path / "own", tmp_path / "ultra"
+    for out, keep in ((own, 0.9), (ultra, 0.6)):
+        write_point(out, CONTROL, None, None, {0: matches(gt, anns, 0.95, 1), 2: matches(gt, anns, 0.95, 2)}, 0.0)
+        write_point(out, "attr-10", "attr", 0.1, {0: matches(gt, anns, 0.5, 3), 2: matches(gt, anns, keep, 4)}, 0.1)
+    args = ["--own", str(own), "--ultralytics", str(ultra), "--model", "m", "--resamples", "200"]
+    assert trainers.main(args) == 0
+    doc = json.loads((ultra / "trainers.json").read_text())
+    rows = {r["epoch"]: r for r in doc["points"][1]["rows"]}
+    assert rows[0]["delta"] == 0.0  # the same zeroed model before either trainer ran
+    assert rows[2]["delta"] == pytest.approx(rows[2]["ultralytics_map"] - rows[2]["own_map"]) and rows[2]["delta_high"] < 0
+    assert rows[2]["own_vs_control"]["delta"] > rows[2]["ultralytics_vs_control"]["delta"]
+    assert doc["points"][1]["cpu_seconds_per_epoch"] == {"own": 60.0, "ultralytics": 60.0}
+    assert "| 2 |" in (ultra / "trainers.md").read_text()
+    point_path(ultra, "m", CONTROL).unlink()
+    capsys.readouterr()
+    assert trainers.main(args) == 2 and "need m's control point" in capsys.readouterr().err
