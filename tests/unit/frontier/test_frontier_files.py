@@ -203,3 +203,30 @@ def test_the_trainers_comparison_pairs_the_same_point_of_two_folders(tmp_path, c
     point_path(ultra, "m", CONTROL).unlink()
     capsys.readouterr()
     assert trainers.main(args) == 2 and "need m's control point" in capsys.readouterr().err
+
+
+def test_same_points_tells_equal_runs_from_different_ones_and_counts_the_early_stop(tmp_path, capsys):
+    same_points = load_benchmark("same_points")
+    gt, anns = world()
+    first, second = tmp_path / "first", tmp_path / "second"
+    ctrl = {0: matches(gt, anns, 0.9, 1), 2: matches(gt, anns, 0.95, 2)}
+    for out in (first, second):
+        write_point(out, CONTROL, None, None, ctrl, 0.0)
+        write_point(out, "attr-10", "attr", 0.1, {0: matches(gt, anns, 0.5, 3), 2: matches(gt, anns, 0.8, 4)}, 0.1)
+    write_point(second, "random-50", "random", 0.5, {0: matches(gt, anns, 0.1, 5), 2: matches(gt, anns, 0.2, 6)},
+                0.5, status="stopped", stopped={"after_epoch": 2, "map": 0.1, "control_map": 0.9, "rule": "r",
+                                                "epochs_not_run": 8})
+    args = ["--first", str(first), "--second", str(second), "--model", "m", "--out", str(tmp_path / "r")]
+    assert same_points.main(args) == 0
+    doc = json.loads((tmp_path / "r" / "same_points.json").read_text())
+    assert doc["all_equal"] and [p["point"] for p in doc["points"]] == ["attr-10", "control"]
+    assert doc["only_second"] == ["random-50"] and doc["early_stop_second"]["epochs_not_run"] == 8
+    assert doc["early_stop_second"]["cpu_seconds_saved_estimate"] == 480.0
+    write_point(second, "attr-10", "attr", 0.1, {0: matches(gt, anns, 0.5, 3), 2: matches(gt, anns, 0.8, 7)}, 0.1)
+    assert same_points.main(args) == 1
+    rows = json.loads((tmp_path / "r" / "same_points.json").read_text())["points"][0]["rows"]
+    assert [r["matches_equal"] for r in rows] == [True, False]
+    assert "All equal: **no**" in (tmp_path / "r" / "same_points.md").read_text()
+    capsys.readouterr()
+    assert same_points.main([*args[:-4], "--model", "other", "--out", str(tmp_path / "r")]) == 2
+    assert "no finished point of other" in capsys.readouterr().err
