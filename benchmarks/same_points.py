@@ -81,7 +81,8 @@ def render(doc: dict) -> str:
                      f"{yes[p['layers_equal']]}, training loss equal over {p['epochs_compared']} epochs "
                      f"{yes[p['losses_equal']]}; fine-tuning {cpus}.")
     saved = doc["early_stop_second"]
-    lines += ["", f"Early stop in the second run: {saved['points']} points stopped, {saved['epochs_not_run']} epochs "
+    lines += ["", f"Early stop in the second run: {saved['points']} point{'' if saved['points'] == 1 else 's'} "
+              f"stopped, {saved['epochs_not_run']} epochs "
               f"not run, about {saved['cpu_seconds_saved_estimate'] / 60:.0f} CPU min saved (each stopped point's "
               "CPU time per epoch run, times the epochs it did not run)."]
     for pid, stop in doc["stopped_second"].items():
