@@ -51,9 +51,30 @@ def start_ray(opts: RayOptions, log: Callable[[str], None]):
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=True)
-    log(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):g} CPUs, {opts.cpus_per_trial} per trial")
+        if opts.address is not None:
+            check_reachable(opts.address)
+        try:
+            ray.init(address=opts.address, include_dashboard=False, log_to_driver=True)
+        except ConnectionError as e:  # "auto" with no cluster running here
+            raise XpruneError(f"no Ray cluster at {opts.address}: {first_error_line(e)}") from None
+        log(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):g} CPUs, {opts.cpus_per_trial} per "
+            "trial")
     return ray
+
+
+def check_reachable(address: str, seconds: float = 10.0) -> None:
+    """One line when nothing answers at a cluster's host:port (Ray itself retries for minutes before it gives up)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise XpruneError(f"--ray-address {address} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as e:
+        raise XpruneError(f"no Ray cluster answers at {address} ({e.strerror or e})") from None
 
 
 def first_error_line(error: BaseException | None) -> str:

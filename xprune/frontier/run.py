@@ -70,9 +70,11 @@ def train(s: FrontierSettings, data: Path, out: Path, work: Path, resume: bool, 
 def train_on_ray(s: FrontierSettings, data: Path, out: Path, work: Path, resume: bool, opts, log: Log) -> None:
     """The train phase as Ray Tune trials (`xprune.frontier.tune`): the same point files, the same early stop."""
     from xprune.frontier.tune import train_with_ray
+    from xprune.ray_trials import start_ray
 
     if s.trainer == "ultralytics":  # a trial's checkpoint carries one state file, not Ultralytics' run folder
         raise XpruneError("--trainer ultralytics runs without --ray (a Ray trial cannot yet resume its run folder)")
+    start_ray(opts, log)  # first: a cluster that does not answer is the only line
     left = pending(s, out)
     log(f"frontier: {len(grid(s)) - len(left)} of {len(grid(s))} points finished under {display_path(out)}")
     t0 = time.time()

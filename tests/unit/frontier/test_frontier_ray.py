@@ -90,6 +90,26 @@ def test_without_ray_the_ray_options_say_how_to_install(monkeypatch, tmp_path):
     assert str(e.value) == NOT_INSTALLED
 
 
+@needs_ray
+def test_a_cluster_address_nobody_answers_at_is_one_line_not_minutes_of_retries(synth_data, tmp_path, capsys):
+    import socket
+
+    from benchmark_scripts import load_benchmark
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    frontier = load_benchmark("frontier")
+    for address, message in ((f"127.0.0.1:{port}", f"no Ray cluster answers at 127.0.0.1:{port}"),
+                             ("somewhere", "is not host:port, ray://host:port or auto")):
+        t0 = time.time()
+        code = frontier.main(["train", "--quick", "--data", str(synth_data), "--out", str(tmp_path / "out"),
+                              "--work", str(tmp_path / "w"), "--ray-address", address])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0] and time.time() - t0 < 60
+    assert not (tmp_path / "out").exists()
+
+
 def _kill_after_first_epoch(storage: Path, point: str, killed: list, stop: threading.Event) -> None:
     """Kill the trial of `point` (its process, SIGKILL) once it has reported its first epoch."""
     while not stop.is_set() and not killed:
