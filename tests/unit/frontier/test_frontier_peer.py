@@ -101,6 +101,7 @@ def test_yolov8n_magnitude_reaches_the_target_and_is_rebuilt_exactly(calib, tmp_
     check_pruned(det, pruned, record, 0.1, calib, tmp_path)
 
 
+@pytest.mark.slow
 def test_yolov8n_taylor_reaches_the_target_and_is_rebuilt_from_its_ratio(calib):
     det = random_detector("yolov8n", calib)
     pruned, record = channel_pruned(det, 0.3, "tp-taylor", calib)
@@ -110,6 +111,7 @@ def test_yolov8n_taylor_reaches_the_target_and_is_rebuilt_from_its_ratio(calib):
     assert 0.3 <= record["removed_fraction"] <= 0.32 and raw_shapes(pruned) == raw_shapes(det)
 
 
+@pytest.mark.slow
 def test_ssdlite_pruned_at_a_ratio_keeps_its_outputs_and_trains(calib, tmp_path):
     det = random_detector("ssdlite320-mbv3", calib)
     pruned = pruned_at_ratio(det, 0.2, "tp-magnitude", calib)

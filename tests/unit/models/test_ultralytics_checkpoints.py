@@ -82,6 +82,7 @@ def test_other_detector_architectures_are_refused(tmp_path):
         load_checkpoint(path, "yolov8n", SIZE)
 
 
+@pytest.mark.slow
 def test_cli_model_is_optional_for_a_checkpoint_and_checked_when_given(ckpts, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     code, _, err = run_cli(["export", "--weights", str(ckpts["yolo11n"]), "--input-size", str(SIZE), "--out", str(out)],

@@ -75,6 +75,7 @@ def test_per_mac_is_the_greedy_by_score_per_marginal_mac(yolo, fold, l1, fold_on
     assert plan.fold["macs_after"] == fold.macs_after(plan.layers) < fold.macs_before
 
 
+@pytest.mark.slow
 def test_plain_is_the_default_and_records_fold_macs(yolo, fold, l1, fold_only_check):
     without = plan_pruning(yolo, l1, 0.2, "all")
     plan = plan_pruning(yolo, l1, 0.2, "all", fold=fold)

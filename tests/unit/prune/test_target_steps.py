@@ -47,6 +47,7 @@ class Fake:
         return 0.5 - (self.cost / 2 if tuned else self.cost) * k
 
 
+@pytest.mark.slow
 def test_the_walk_reaches_the_target_in_nested_steps(yolo, l1):
     det = copy.deepcopy(yolo)
     start = FoldAnalysis.of(det).macs_after()

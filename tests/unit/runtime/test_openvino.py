@@ -104,6 +104,7 @@ def test_fp32_sets_the_inference_precision_explicitly(ir):
         assert [o.shape for o in runner.infer(x)] == [(1, 84, 4), (1, 84, 6)]
 
 
+@pytest.mark.slow
 def test_fp16_weight_storage_only_when_asked_and_recorded(ir, tmp_path):
     record = engine_builder("openvino").build(ir / "m.onnx", tmp_path / "w16.xml", EngineOptions(fp16=True))
     assert record["compress_to_fp16"] is True and record["weights_precision"] == "fp16"
@@ -123,6 +124,7 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+@pytest.mark.slow
 def test_bf16_is_asked_for_by_name_and_recorded_as_bf16(ir, tmp_path):
     record = engine_builder("openvino").build(ir / "m.onnx", tmp_path / "b.xml", EngineOptions(bf16=True))
     assert record["precision"] == "bf16" and record["inference_precision_hint"] == "bf16"
@@ -162,6 +164,7 @@ def test_bad_builds_are_one_line_and_write_nothing(ir, tmp_path, monkeypatch):
         backend_named("openvino").run_facts(TargetOptions(device="cuda"))
 
 
+@pytest.mark.slow
 def test_int8_export_quantizes_with_nncf_and_its_map_evaluates(ir, synth_data, tmp_path):
     pytest.importorskip("nncf")
     from xprune.data.coco import CocoDetectionSet
