@@ -120,11 +120,12 @@ class HoldAtZero:
 
     def on_model_save(self, trainer) -> None:
         state = self._save_ema(trainer, finished=False)
-        if self.epoch_end is not None and self.epoch_end(trainer.epoch + 1, state):
+        done, seconds = trainer.epoch + 1, time.perf_counter() - self._tick
+        if self.epoch_end is not None and self.epoch_end(done, state):
             trainer.stop = True  # Ultralytics ends the run after this epoch, as its own early stop does
-        now, done = time.perf_counter(), trainer.epoch + 1
-        seconds, self._tick = now - self._tick, now
-        score = (trainer.metrics or {}).get(MAP_COLUMN)
+        self._tick = time.perf_counter()  # what epoch_end took is not the next epoch's
+        validated = trainer.args.val or done >= trainer.epochs  # else its metrics are placeholders
+        score = (trainer.metrics or {}).get(MAP_COLUMN) if validated else None
         left = (trainer.epochs - done) * seconds
         self.log(f"epoch {done}/{trainer.epochs}" + (f" val mAP50-95 {score:.4f}" if score is not None else "")
                  + f" time {seconds:.0f}s" + (f", about {left / 60:.1f} min left" if left > 0 else ""))

@@ -33,7 +33,8 @@ def test_hooks_and_rezeroing_hold_model_momentum_and_ema_at_zero_through_sgd_wit
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.SiLU(), nn.Conv2d(4, 2, 1))
     with torch.no_grad():
         model[0].weight.zero_()
-    trainer = SimpleNamespace(model=model, ema=ModelEMA(model), start_epoch=0, epoch=0, epochs=3, metrics={})
+    trainer = SimpleNamespace(model=model, ema=ModelEMA(model), start_epoch=0, epoch=0, epochs=3, metrics={},
+                              args=SimpleNamespace(val=True))
     lines = []
     hold = HoldAtZero(["0"], tmp_path / "ema.pt", log=lines.append)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.5)
